@@ -1,0 +1,14 @@
+"""lepton-compile: verified, measured optimization of ONNX models.
+
+    result = lepton_compile.compile("model.onnx", input_shapes={"x": [1, 3, 224, 224]})
+    result.best, result.variants, result.pareto, result.save("out/")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from lepton_compile.engine import CompileResult, VariantResult, compile  # noqa: E402
+from lepton_compile.runtime import load  # noqa: E402
+
+__all__ = ["CompileResult", "VariantResult", "__version__", "compile", "load"]

@@ -1,0 +1,7 @@
+"""``python -m lepton_compile`` runs the command line."""
+
+import sys
+
+from lepton_compile.cli import main
+
+sys.exit(main())

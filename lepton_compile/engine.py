@@ -1,0 +1,390 @@
+"""The main job: intake -> recipes -> build -> verify -> measure -> select -> result."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from lepton_compile import accuracy, inputs, intake, search
+from lepton_compile import recipes as recipe_lib
+from lepton_compile.bench.energy import get_meter
+from lepton_compile.bench.protocol import Measurement, Protocol, measure
+from lepton_compile.bench.stats import Stats
+from lepton_compile.errors import InputError, LeptonError, NotSupported
+from lepton_compile.runtime import get_backend
+from lepton_compile.runtime.base import Session
+
+log = logging.getLogger(__name__)
+
+# Models above this size are saved with external data (protobuf's 2 GB message limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class Observer:
+    """Progress hooks; the CLI draws them with rich, the API logs them."""
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        log.info("%s", name)
+
+    def advance(self, detail: str = "") -> None:
+        if detail:
+            log.debug("  %s", detail)
+
+    def done(self) -> None:
+        pass
+
+
+@dataclass
+class VariantResult:
+    """One candidate: its recipe on one backend and device, and everything learned about it."""
+
+    id: str
+    recipe: recipe_lib.Recipe
+    backend: str
+    device: str
+    status: str = "pending"  # ok | rejected | failed | skipped
+    reason: str = ""
+    artifact: Path | None = None
+    size_bytes: int = 0
+    build: dict[str, Any] = field(default_factory=dict)
+    session: dict[str, Any] = field(default_factory=dict)
+    fidelity: accuracy.Fidelity | None = None
+    measurement: Measurement | None = None
+    pareto: bool = False
+
+    @property
+    def precision(self) -> str:
+        return self.recipe.precision
+
+    # The search.Candidate protocol.
+    @property
+    def latency(self) -> Stats | None:
+        return self.measurement.latency_ms if self.measurement else None
+
+    @property
+    def energy(self) -> Stats | None:
+        return self.measurement.energy_j if self.measurement else None
+
+    @property
+    def drop(self) -> float:
+        return self.fidelity.drop if self.fidelity else 1.0
+
+    @property
+    def size(self) -> int:
+        return self.size_bytes
+
+    def fail(self, status: str, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        log.warning("variant %s %s: %s", self.id, status, reason)
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Write a model atomically (temp name + rename); large ones with external data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        onnx.save(model, str(tmp), save_as_external_data=True, location=f"{path.name}.data")
+    else:
+        onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def _copy_original(src: Path, dst: Path, uses_external: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if uses_external:
+        save_model(onnx.load(str(src), load_external_data=True), dst)
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _uses_external_data(path: Path) -> bool:
+    m = onnx.load(str(path), load_external_data=False)
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def _run_all(sess: Session, feeds: Sequence[Mapping[str, Any]]) -> list[dict]:
+    return [sess.run(f) for f in feeds]
+
+
+@dataclass
+class CompileResult:
+    """What ``compile`` returns: the variants, the pick, the frontier and the report."""
+
+    model: intake.LoadedModel
+    variants: list[VariantResult]
+    baseline: VariantResult
+    best: VariantResult
+    pick_reason: str
+    objective: str
+    report: dict[str, Any]
+    workdir: Path
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def pareto(self) -> list[VariantResult]:
+        return [v for v in self.variants if v.pareto]
+
+    def save(self, outdir: str | Path) -> Path:
+        """Write best.onnx, variants/, report.json/.md/.html into ``outdir``, atomically."""
+        from lepton_compile import report as report_mod
+
+        out = Path(outdir)
+        parent = out.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+        try:
+            (stage / "variants").mkdir()
+            for v in self.variants:
+                if v.artifact and v.artifact.exists():
+                    dst = stage / "variants" / v.artifact.name
+                    if not dst.exists():
+                        shutil.copy2(v.artifact, dst)
+                        data = v.artifact.with_name(v.artifact.name + ".data")
+                        if data.exists():
+                            shutil.copy2(data, stage / "variants" / data.name)
+            assert self.best.artifact is not None
+            shutil.copy2(self.best.artifact, stage / "best.onnx")
+            best_data = self.best.artifact.with_name(self.best.artifact.name + ".data")
+            if best_data.exists():
+                # External data is referenced by file name, so best.onnx keeps the variant's name.
+                shutil.copy2(best_data, stage / best_data.name)
+            report_mod.write_all(self.report, stage)
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+                os.replace(out, old / out.name)
+                os.replace(stage, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(stage, out)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return out
+
+
+def _backend_devices(name: str) -> list[str]:
+    try:
+        return get_backend(name).devices()
+    except ValueError as e:
+        raise InputError(f"--backend: {e}") from None
+
+
+def _pick_device(backend_devices: list[str], device: str) -> list[str]:
+    if device == "auto":
+        return ["cuda"] if "cuda" in backend_devices else ["cpu"]
+    if device not in backend_devices:
+        return []
+    return [device]
+
+
+def compile(
+    model: str | Path,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    objective: str = "energy",
+    recipes: Sequence[str] | None = None,
+    backends: Sequence[str] = ("ort",),
+    device: str = "auto",
+    inputs_dir: str | Path | None = None,
+    max_accuracy_drop: float = 0.01,
+    max_latency_ms: float | None = None,
+    meter: str = "auto",
+    cpu_watts: float | None = None,
+    protocol: Protocol | None = None,
+    quick: bool = False,
+    calibration_samples: int = 16,
+    eval_samples: int = 16,
+    seed: int = 0,
+    observer: Observer | None = None,
+) -> CompileResult:
+    """Build, verify and measure variants of ``model``; pick the best for ``objective``.
+
+    Raises ``InputError`` on bad input (exit code 2 in the CLI) before anything is written.
+    """
+    obs = observer or Observer()
+    if objective not in search.OBJECTIVES:
+        raise InputError(f"--objective must be one of {', '.join(search.OBJECTIVES)}")
+    if not 0.0 <= max_accuracy_drop <= 1.0:
+        raise InputError("--max-accuracy-drop must be between 0 and 1 (or 0% and 100%)")
+    t_start = time.perf_counter()
+    chosen = recipe_lib.resolve(recipes)
+    obs.stage("loading model")
+    loaded = intake.load_model(model, input_shapes)
+    feeds = inputs.prepare(loaded, inputs_dir, calibration_samples, eval_samples, seed)
+    gpu_wanted = device == "cuda" or (
+        device == "auto" and any("cuda" in _backend_devices(b) for b in backends)
+    )
+    try:
+        meter_obj = get_meter(meter, device="cuda" if gpu_wanted else "cpu", cpu_watts=cpu_watts)
+    except ValueError as e:
+        raise InputError(f"--meter {meter}: {e}") from None
+    proto = protocol or (Protocol.quick() if quick else Protocol())
+
+    # Reference outputs: the original, executed as literally as possible.
+    ref_backend = get_backend("ort")
+    try:
+        ref_sess = ref_backend.load(
+            loaded.path, device="cpu", options={"graph_optimization_level": "disable"}
+        )
+        reference = _run_all(ref_sess, feeds.eval)
+    except Exception as e:
+        raise InputError(
+            f"{loaded.path.name}: the original model does not run on the inputs "
+            f"({_one_line(e)}); check --input-shape or pass real inputs with --inputs DIR"
+        ) from None
+    del ref_sess
+
+    tmp = tempfile.TemporaryDirectory(prefix="lepton-")
+    work = Path(tmp.name)
+    variants: list[VariantResult] = []
+    built: dict[str, tuple[Path | None, dict, str]] = {}
+
+    obs.stage("building variants", total=len(chosen))
+    uses_external = _uses_external_data(loaded.path)
+    for r in chosen:
+        t0 = time.perf_counter()
+        art = work / "variants" / f"{r.name}.onnx"
+        try:
+            if r.name == "original":
+                _copy_original(loaded.path, art, uses_external)
+                steps: list[dict] = []
+            else:
+                m, steps = recipe_lib.build(r, loaded.model, feeds.calibration)
+                intake.check(m, Path(f"{r.name} variant"))
+                save_model(m, art)
+            built[r.name] = (art, {"seconds": round(time.perf_counter() - t0, 3),
+                                   "steps": steps}, "")
+        except LeptonError as e:
+            built[r.name] = (None, {"seconds": round(time.perf_counter() - t0, 3)}, str(e))
+        except Exception as e:
+            log.debug("build of %s failed", r.name, exc_info=True)
+            built[r.name] = (None, {"seconds": round(time.perf_counter() - t0, 3)}, _one_line(e))
+        obs.advance(r.name)
+
+    # Variants: recipes x backends x devices.
+    for bname in backends:
+        avail = _backend_devices(bname)
+        devs = _pick_device(avail, device)
+        if not devs:
+            raise InputError(f"backend {bname!r} cannot use device {device!r} here "
+                             f"(available: {', '.join(avail)})")
+        for dev in devs:
+            for r in chosen:
+                art, build_info, err = built[r.name]
+                v = VariantResult(f"{r.name}-{bname}-{dev}", r, bname, dev, build=build_info)
+                variants.append(v)
+                if art is None:
+                    v.fail("failed", f"build: {err}")
+                    continue
+                v.artifact = art
+                v.size_bytes = art.stat().st_size + (
+                    art.with_name(art.name + ".data").stat().st_size
+                    if art.with_name(art.name + ".data").exists() else 0
+                )
+
+    baseline = next(v for v in variants if v.recipe.name == "original")
+
+    obs.stage("verifying", total=len(variants))
+    sessions: dict[str, Session] = {}
+    for v in variants:
+        if v.status != "pending":
+            obs.advance(v.id)
+            continue
+        assert v.artifact is not None
+        try:
+            sess = get_backend(v.backend).load(v.artifact, device=v.device)
+            v.session = sess.describe()
+            outs = _run_all(sess, feeds.eval)
+        except NotSupported as e:
+            v.fail("skipped", str(e))
+            obs.advance(v.id)
+            continue
+        except Exception as e:
+            v.fail("failed", f"run: {_one_line(e)}")
+            obs.advance(v.id)
+            continue
+        v.fidelity = accuracy.compare(reference, outs, loaded.score_outputs, max_accuracy_drop)
+        if v.fidelity.passed:
+            v.status = "ok"
+            sessions[v.id] = sess
+        else:
+            v.fail("rejected", v.fidelity.reason)
+        obs.advance(v.id)
+    if baseline.status != "ok":
+        raise InputError(
+            f"{loaded.path.name}: the original model fails on the default backend: "
+            f"{baseline.reason}"
+        )
+
+    obs.stage("measuring", total=len(sessions) * proto.trials)
+    feed = feeds.eval[0]
+    runners = {vid: (lambda s=s: s.run(feed)) for vid, s in sessions.items()}
+    results = measure(runners, meter_obj, proto,
+                      progress=lambda vid, i, n: obs.advance(f"{vid} trial {i + 1}/{n}"))
+    for v in variants:
+        mres = results.get(v.id)
+        if mres is None:
+            continue
+        if mres.error:
+            v.fail("failed", f"measure: {mres.error}")
+            continue
+        v.measurement = mres
+        if max_latency_ms is not None and mres.latency_ms.mean > max_latency_ms:
+            v.fail("rejected", f"latency {mres.latency_ms.mean:.3f} ms > --max-latency-ms "
+                               f"{max_latency_ms:g}")
+    sessions.clear()
+
+    front = set(search.pareto_front(variants))
+    for v in variants:
+        v.pareto = v.id in front
+    if baseline.status == "ok":
+        pick = search.select(variants, baseline.id, objective)
+        best = next(v for v in variants if v.id == pick.id)
+        pick_reason = pick.reason
+    else:
+        # Only --max-latency-ms can reject the baseline; pick the best that met it, if any.
+        ok = [v for v in variants if v.status == "ok"]
+        if not ok:
+            best, pick_reason = baseline, "nothing met the constraints"
+        else:
+            key = {"energy": lambda v: v.energy.mean, "latency": lambda v: v.latency.mean,
+                   "size": lambda v: v.size_bytes}[objective]
+            best = min(ok, key=key)
+            pick_reason = "the original did not meet the constraints; best that did"
+    obs.done()
+
+    from lepton_compile import report as report_mod
+
+    rep = report_mod.build_report(
+        loaded=loaded,
+        feeds=feeds,
+        variants=variants,
+        baseline=baseline,
+        best=best,
+        pick_reason=pick_reason,
+        objective=objective,
+        meter=meter_obj,
+        protocol=proto,
+        max_accuracy_drop=max_accuracy_drop,
+        wall_s=time.perf_counter() - t_start,
+        constraints_met=best.status == "ok",
+    )
+    return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)

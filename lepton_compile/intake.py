@@ -1,0 +1,316 @@
+"""Model intake: load an ONNX file, check it, fix dynamic input dimensions, infer shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, shape_inference, version_converter
+
+from lepton_compile.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
+_HEAD_OPS = {"Gemm", "MatMul", "Add", "Flatten", "Reshape", "Squeeze", "Sigmoid"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as the tool sees it: name, numpy dtype, shape."""
+
+    name: str
+    elem_type: int
+    shape: tuple[int | str | None, ...] | None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": str(self.dtype), "shape": list(self.shape or [])}
+
+
+@dataclass
+class LoadedModel:
+    """A checked model with every user-visible input made static."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    model: onnx.ModelProto
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    score_outputs: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    fixed_dims: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "opset": self.opset,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "notes": list(self.notes),
+        }
+
+
+def parse_shape_arg(text: str) -> tuple[str, list[int]]:
+    """Parse ``NAME=1x3x224x224`` (``,`` also separates dims) into a name and dims."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise InputError(f"--input-shape {text!r}: expected NAME=DIMS, e.g. images=1x3x224x224")
+    try:
+        shape = [int(d) for d in dims.replace(",", "x").split("x")]
+    except ValueError:
+        raise InputError(
+            f"--input-shape {text!r}: dimensions must be integers separated by 'x'"
+        ) from None
+    if any(d <= 0 for d in shape):
+        raise InputError(f"--input-shape {text!r}: dimensions must be positive")
+    return name, shape
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    out: list[int | str | None] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def _read_model(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except DecodeError as e:
+        raise InputError(f"{path}: not a valid ONNX file (truncated or not ONNX: {e})") from None
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: external data file missing: {e.filename or e}") from None
+    except Exception as e:  # protobuf raises several types on garbage input
+        raise InputError(f"{path}: could not be read as ONNX: {_one_line(e)}") from None
+    # Protobuf parses many non-ONNX byte strings without complaint; a model needs a graph.
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
+        raise InputError(f"{path}: not an ONNX model (no ir_version or no graph outputs)")
+    return model
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def check(model: onnx.ModelProto, path: Path) -> None:
+    """Run onnx.checker; large models are checked from the file (protobuf's 2 GB limit)."""
+    try:
+        if model.ByteSize() > 2_000_000_000:
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise InputError(f"{path}: invalid ONNX graph: {_one_line(e)}") from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 0
+
+
+def user_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs without an initializer: old models list every weight as an input too."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def fix_input_shapes(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, Sequence[int]],
+    path: Path,
+    default_batch: int = 1,
+) -> tuple[list[str], dict[str, list[int]]]:
+    """Make every user input static in place. Returns notes and the dims that were fixed."""
+    inputs = user_inputs(model)
+    names = [i.name for i in inputs]
+    for name in shapes:
+        if name not in names:
+            raise InputError(
+                f"--input-shape names {name!r}, which is not an input of {path.name} "
+                f"(inputs: {', '.join(names) or 'none'})"
+            )
+    notes: list[str] = []
+    # A symbol such as 'batch' or 'sequence' usually means the same size in every input.
+    symbols: dict[str, int] = {}
+    for vi in inputs:
+        if vi.name in shapes:
+            dims = _dims(vi)
+            want = list(shapes[vi.name])
+            if dims is not None and len(dims) != len(want):
+                raise InputError(
+                    f"--input-shape {vi.name}: rank {len(want)} given, the model's input has "
+                    f"rank {len(dims)} ({_fmt_dims(dims)})"
+                )
+            for i, (d, w) in enumerate(zip(dims or [None] * len(want), want, strict=True)):
+                if isinstance(d, int) and d != w:
+                    raise InputError(
+                        f"--input-shape {vi.name}: dimension {i} is fixed to {d} in the model, "
+                        f"{w} given"
+                    )
+                if isinstance(d, str) and d:
+                    symbols.setdefault(d, w)
+    fixed: dict[str, list[int]] = {}
+    for vi in inputs:
+        dims = _dims(vi)
+        if vi.name in shapes:
+            new = list(shapes[vi.name])
+        else:
+            if dims is None:
+                raise InputError(
+                    f"{path.name}: input {vi.name!r} has no shape; give one with "
+                    f"--input-shape {vi.name}=DIMS"
+                )
+            new = []
+            for i, d in enumerate(dims):
+                if isinstance(d, int) and d > 0:
+                    new.append(d)
+                elif isinstance(d, str) and d in symbols:
+                    new.append(symbols[d])
+                elif i == 0 and len(dims) > 1:
+                    new.append(default_batch)
+                    notes.append(
+                        f"input {vi.name!r}: dynamic batch dimension "
+                        f"{d or '?'!s} set to {default_batch}"
+                    )
+                    if isinstance(d, str) and d:
+                        symbols[d] = default_batch
+                else:
+                    example = "x".join(
+                        str(x) if isinstance(x, int) and x > 0 else (str(new[0]) if j == 0 else "N")
+                        for j, x in enumerate(dims)
+                    )
+                    raise InputError(
+                        f"{path.name}: input {vi.name!r} has dynamic dimension {i} "
+                        f"({d or '?'!s}) in shape [{_fmt_dims(dims)}]; fix it with "
+                        f"--input-shape {vi.name}={example}"
+                    )
+        if dims is None or list(dims) != new:
+            fixed[vi.name] = new
+        tt = vi.type.tensor_type
+        tt.shape.SetInParent()  # a scalar keeps an (empty) shape instead of losing it
+        del tt.shape.dim[:]
+        for d in new:
+            tt.shape.dim.add().dim_value = int(d)
+    return notes, fixed
+
+
+def _fmt_dims(dims: Sequence[int | str | None]) -> str:
+    return ", ".join("?" if d is None or d == "" else str(d) for d in dims)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference with data propagation; stale intermediate shapes are dropped first."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    try:
+        return shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception as e:  # inference is a help, not a requirement
+        log.warning("shape inference failed: %s", _one_line(e))
+        return model
+
+
+def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """Convert the default-domain opset up to ``target`` (no-op when already there)."""
+    if default_opset(model) >= target:
+        return model
+    converted = version_converter.convert_version(model, target)
+    return converted
+
+
+def find_score_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs that hold class scores on their last axis (for top-1 agreement)."""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    found = set()
+    for out in model.graph.output:
+        dims = _dims(out)
+        op = producers.get(out.name)
+        if dims is None or len(dims) < 2 or out.type.tensor_type.elem_type not in _FLOAT_TYPES:
+            continue
+        last = dims[-1]
+        if isinstance(last, int) and last < 2:
+            continue
+        # A rank-2 [batch, classes] head usually ends in one of these; any-rank softmax
+        # (e.g. a per-timestep OCR distribution) is a score vector by construction.
+        if op in ("Softmax", "LogSoftmax") or (len(dims) == 2 and op in _HEAD_OPS):
+            found.add(out.name)
+    return found
+
+
+def load_model(
+    path: str | Path,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    default_batch: int = 1,
+) -> LoadedModel:
+    """Load, check and make static. Raises InputError with a one-line message on bad input."""
+    path = Path(path)
+    model = _read_model(path)
+    check(model, path)
+    opset = default_opset(model)
+    if opset == 0:
+        raise InputError(f"{path}: the model imports no default-domain opset")
+    notes, fixed = fix_input_shapes(model, input_shapes or {}, path, default_batch)
+    model = infer_shapes(model)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [TensorSpec(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input]
+    inputs = [s for s in inputs if s.name not in inits]
+    for s in inputs:
+        if s.elem_type == 0:
+            raise InputError(f"{path.name}: input {s.name!r} is not a tensor with a known dtype")
+    outputs = [TensorSpec(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output]
+    return LoadedModel(
+        path=path,
+        sha256=file_sha256(path),
+        size_bytes=path.stat().st_size,
+        model=model,
+        inputs=inputs,
+        outputs=outputs,
+        opset=opset,
+        score_outputs=find_score_outputs(model),
+        notes=notes,
+        fixed_dims=fixed,
+    )

@@ -1,0 +1,286 @@
+"""Reports: report.json (schema lepton-compile/report/v1), report.md, report.html, terminal table."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lepton_compile import __version__
+
+if TYPE_CHECKING:
+    from lepton_compile.engine import VariantResult
+
+SCHEMA = "lepton-compile/report/v1"
+
+
+def _variant_dict(v: VariantResult) -> dict[str, Any]:
+    m = v.measurement.to_dict() if v.measurement else {}
+    d: dict[str, Any] = {
+        "id": v.id,
+        "recipe": v.recipe.to_dict(),
+        "backend": v.backend,
+        "device": v.device,
+        "precision": v.precision,
+        "status": v.status,
+        "latency_ms": m.get("latency_ms"),
+        "energy_j": m.get("energy_j"),
+        "accuracy": v.fidelity.to_dict() if v.fidelity else None,
+        "size_bytes": v.size_bytes,
+        "pareto": v.pareto,
+        "artifact": f"variants/{v.artifact.name}" if v.artifact else None,
+        "build": v.build,
+        "session": v.session,
+    }
+    if "protocol" in m:
+        d["measurement"] = m["protocol"]
+    if v.reason:
+        d["reason"] = v.reason
+    return d
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 4)
+
+
+def build_report(
+    *,
+    loaded: Any,
+    feeds: Any,
+    variants: list[VariantResult],
+    baseline: VariantResult,
+    best: VariantResult,
+    pick_reason: str,
+    objective: str,
+    meter: Any,
+    protocol: Any,
+    max_accuracy_drop: float,
+    wall_s: float,
+    constraints_met: bool,
+) -> dict[str, Any]:
+    providers = sorted({p for v in variants for p in v.session.get("providers", [])})
+    meter_desc = meter.describe()
+    notes = list(loaded.notes)
+    if meter.name == "estimated":
+        notes.append(
+            "energy is estimated, not measured: "
+            + str(meter_desc.get("summary") or meter_desc.get("formula") or meter_desc)
+            + "; under such a model energy follows CPU time, so it ranks like latency"
+        )
+    b_lat = baseline.latency.mean if baseline.latency else None
+    b_en = baseline.energy.mean if baseline.energy else None
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "lepton-compile", "version": __version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": loaded.to_dict(),
+        "inputs": feeds.to_dict(),
+        "device": _device(providers),
+        "measurement": {
+            "meter": meter_desc,
+            "protocol": protocol.to_dict() if hasattr(protocol, "to_dict") else vars(protocol),
+            "feed": "first held-out eval sample, same for every variant",
+            "reference": "original model on onnxruntime CPU with graph optimizations disabled",
+            "selection": "a variant is preferred only when its 95% CI does not overlap the "
+            "original's on the objective, and it is not slower or hungrier beyond noise",
+        },
+        "objective": objective,
+        "constraints": {
+            "max_accuracy_drop": max_accuracy_drop,
+            "accuracy_drop_definition": "max over outputs of 1 - cosine, and of 1 - top-1 "
+            "agreement for score outputs, on the held-out eval inputs",
+            "met": constraints_met,
+        },
+        "baseline": baseline.id,
+        "best": {
+            "id": best.id,
+            "reason": pick_reason,
+            "artifact": "best.onnx",
+            "latency_speedup": _ratio(b_lat, best.latency.mean if best.latency else None),
+            "energy_ratio": _ratio(best.energy.mean if best.energy else None, b_en),
+        },
+        "variants": [_variant_dict(v) for v in variants],
+        "wall_s": round(wall_s, 2),
+        "notes": notes,
+    }
+
+
+def _device(providers: list[str]) -> dict[str, Any]:
+    from lepton_compile.bench.device import device_record, record_key
+
+    rec = device_record(providers or None)
+    rec["key"] = record_key(rec)
+    return rec
+
+
+def _device_line(dev: dict[str, Any]) -> str:
+    gpus = dev.get("gpus") or []
+    if gpus:
+        return ", ".join(str(g.get("name", "?")) for g in gpus)
+    cpu = dev.get("cpu") or {}
+    return f"{cpu.get('model', '?')} ({cpu.get('threads_available', '?')} threads)"
+
+
+def _num(x: Any, fmt: str = "{:.3f}") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if isinstance(x, str):
+        return x
+    return fmt.format(x)
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    """Table rows shared by the Markdown, HTML and terminal renderings."""
+    out = []
+    best = report["best"]["id"]
+    for v in report["variants"]:
+        lat = v.get("latency_ms") or {}
+        en = v.get("energy_j") or {}
+        acc = v.get("accuracy") or {}
+        ci = lat.get("ci95")
+        mean = lat.get("mean")
+        lat_txt = "—" if mean is None else f"{mean:.3f} ± {_num(ci)}"
+        e = en.get("per_inference")
+        e_txt = "—" if e is None else f"{e * 1e3:.3f} ± {_num((en.get('ci95') or 0) * 1e3)}"
+        if e is not None and en.get("method") == "estimated":
+            e_txt += " (est.)"
+        mark = " ★" if v["id"] == best else ""
+        out.append([
+            v["id"] + mark,
+            v["status"],
+            _num(lat.get("p50")),
+            lat_txt,
+            e_txt,
+            _num(acc.get("drop"), "{:.4f}"),
+            _num(acc.get("min_sqnr_db"), "{:.1f}"),
+            f"{v['size_bytes'] / 1e6:.2f}" if v.get("size_bytes") else "—",
+            "yes" if v.get("pareto") else "",
+        ])
+    return out
+
+
+HEADERS = ["variant", "status", "p50 ms", "mean ms ± ci95", "mJ/inf ± ci95", "acc. drop",
+           "SQNR dB", "MB", "Pareto"]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    m = report["model"]
+    dev = report["device"]
+    meter = report["measurement"]["meter"]
+    lines = [
+        f"## lepton-compile: {Path(m['path']).name}",
+        "",
+        f"- model sha256 `{m['sha256'][:16]}…`, opset {m['opset']}, "
+        + ", ".join(f"`{i['name']}` {i['dtype']}{i['shape']}" for i in m["inputs"]),
+        f"- device: {_device_line(dev)} (record `{dev.get('key', '?')}`); meter: "
+        f"{meter.get('summary') or meter.get('name', '?')}",
+        f"- objective: **{report['objective']}**; best: **{report['best']['id']}** — "
+        f"{report['best']['reason']}",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join("---" for _ in HEADERS) + "|",
+    ]
+    for r in rows(report):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    failed = [v for v in report["variants"] if v.get("reason")]
+    if failed:
+        lines += ["", "Not picked because:", ""]
+        lines += [f"- `{v['id']}` ({v['status']}): {v['reason']}" for v in failed]
+    if report.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+    proto = report["measurement"]["protocol"]
+    lines += [
+        "",
+        f"Latency: wall time per inference over {proto.get('trials', '?')} interleaved trials "
+        "(order shuffled per trial); ci95 is the 95% confidence half-width of the mean over "
+        "trial means. ★ marks the pick.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def to_html(report: dict[str, Any]) -> str:
+    """A self-contained page: the table and a latency/energy scatter with the frontier marked."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows(report)
+    )
+    pts = [
+        (v["id"], v["latency_ms"]["mean"], v["energy_j"]["per_inference"], v["pareto"])
+        for v in report["variants"]
+        if v.get("latency_ms") and v.get("energy_j") and v["energy_j"].get("per_inference")
+    ]
+    svg = ""
+    if pts:
+        xs = [p[1] for p in pts]
+        ys = [p[2] for p in pts]
+        x0, x1 = min(xs) * 0.9, max(xs) * 1.1
+        y0, y1 = min(ys) * 0.9, max(ys) * 1.1
+        w, h, pad = 560, 320, 50
+
+        def sx(x: float) -> float:
+            return pad + (x - x0) / ((x1 - x0) or 1) * (w - 2 * pad)
+
+        def sy(y: float) -> float:
+            return h - pad - (y - y0) / ((y1 - y0) or 1) * (h - 2 * pad)
+
+        dots = "".join(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{"#c33" if p else "#888"}">'
+            f"<title>{html.escape(i)}</title></circle>"
+            f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 7:.1f}" font-size="11">{html.escape(i)}</text>'
+            for i, x, y, p in pts
+        )
+        svg = (
+            f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">'
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#000"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#000"/>'
+            f'<text x="{w / 2}" y="{h - 10}" font-size="12">mean latency (ms)</text>'
+            f'<text x="5" y="{pad - 10}" font-size="12">energy per inference (J)</text>'
+            f"{dots}</svg><p>Red: on the Pareto frontier.</p>"
+        )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("notes", []))
+    return (
+        "<!doctype html><meta charset='utf-8'><title>lepton-compile report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;"
+        "border-bottom:1px solid #ddd;text-align:left}</style>"
+        f"<h1>{html.escape(Path(report['model']['path']).name)}</h1>"
+        f"<p>Objective: <b>{html.escape(report['objective'])}</b>. Best: "
+        f"<b>{html.escape(report['best']['id'])}</b> — {html.escape(report['best']['reason'])}</p>"
+        f"<table><tr>{head}</tr>{body}</table>{svg}<ul>{notes}</ul>"
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_all(report: dict[str, Any], outdir: Path) -> None:
+    _atomic_write(outdir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    _atomic_write(outdir / "report.md", to_markdown(report))
+    _atomic_write(outdir / "report.html", to_html(report))
+
+
+def print_table(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"lepton-compile — objective: {report['objective']}", title_justify="left")
+    for h in HEADERS:
+        t.add_column(h, justify="left" if h in ("variant", "status") else "right")
+    styles = {"ok": "", "rejected": "yellow", "failed": "red", "skipped": "dim"}
+    for r in rows(report):
+        t.add_row(*r, style=styles.get(r[1], ""))
+    console.print(t)
+    for v in report["variants"]:
+        if v.get("reason"):
+            console.print(f"[dim]{v['id']} {v['status']}: {v['reason']}[/]")
+    console.print(f"best: [bold]{report['best']['id']}[/] — {report['best']['reason']}")
+    for n in report.get("notes", []):
+        console.print(f"[dim]note: {n}[/]")

@@ -1,0 +1,65 @@
+"""Shared fixtures: small models written as ONNX text, the shipped example, the onnx wheel's light models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper, parser
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+
+
+def light_models() -> list[Path]:
+    return sorted(LIGHT_DIR.glob("light_*.onnx"))
+
+
+@pytest.fixture(scope="session")
+def tinycnn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from make_models import tinycnn
+
+    p = tmp_path_factory.mktemp("models") / "tinycnn.onnx"
+    onnx.save(tinycnn(), p)
+    return p
+
+
+def text_model(text: str, weights: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    m = parser.parse_model(text)
+    for k, v in (weights or {}).items():
+        m.graph.initializer.append(numpy_helper.from_array(v, k))
+    return m
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    """A dynamic-batch MLP classifier: MatMul+Add head, softmax scores."""
+    rng = np.random.default_rng(0)
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        mlp (float[B, 32] x) => (float[B, 8] y) {
+            h = MatMul (x, w1)
+            hb = Add (h, b1)
+            r = Relu (hb)
+            o = MatMul (r, w2)
+            ob = Add (o, b2)
+            y = Softmax <axis = -1> (ob)
+        }
+        """,
+        {
+            "w1": rng.standard_normal((32, 64)).astype(np.float32) * 0.2,
+            "b1": rng.standard_normal(64).astype(np.float32) * 0.1,
+            "w2": rng.standard_normal((64, 8)).astype(np.float32) * 0.2,
+            "b2": rng.standard_normal(8).astype(np.float32) * 0.1,
+        },
+    )
+    p = tmp_path / "mlp.onnx"
+    onnx.save(m, p)
+    return p

@@ -1,0 +1,135 @@
+"""Model intake: loading, checking, fixing dynamic shapes, and the errors it gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import LIGHT_DIR, text_model
+
+from lepton_compile.errors import InputError
+from lepton_compile.intake import find_score_outputs, load_model, parse_shape_arg
+
+
+def test_parse_shape_arg():
+    assert parse_shape_arg("images=1x3x224x224") == ("images", [1, 3, 224, 224])
+    assert parse_shape_arg("a:0=2,5") == ("a:0", [2, 5])
+    for bad in ("images", "=1x2", "x=1xa", "x=0x3"):
+        with pytest.raises(InputError):
+            parse_shape_arg(bad)
+
+
+def test_dynamic_batch_defaults_to_one_and_is_noted(tinycnn_path: Path):
+    m = load_model(tinycnn_path)
+    assert m.inputs[0].shape == (1, 3, 96, 96)
+    assert any("batch" in n for n in m.notes)
+    assert "probs" in m.score_outputs
+
+
+def test_input_shape_fixes_and_shares_symbols(tmp_path: Path):
+    model = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (int64[B, S] ids, int64[B, S] mask) => (int64[B, S] y) { y = Add (ids, mask) }
+        """
+    )
+    p = tmp_path / "m.onnx"
+    onnx.save(model, p)
+    m = load_model(p, {"ids": [2, 7]})
+    assert [s.shape for s in m.inputs] == [(2, 7), (2, 7)]
+
+
+def test_unfixed_dynamic_dim_names_it_and_the_flag(tmp_path: Path):
+    model = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 3, H, W] x) => (float[N, 3, H, W] y) { y = Relu (x) }
+        """
+    )
+    p = tmp_path / "m.onnx"
+    onnx.save(model, p)
+    with pytest.raises(InputError, match=r"'x' has dynamic dimension 2 \(H\).*--input-shape x=1x3xNxN"):
+        load_model(p)
+
+
+def test_input_shape_errors(tinycnn_path: Path):
+    with pytest.raises(InputError, match="not an input"):
+        load_model(tinycnn_path, {"nope": [1, 3, 96, 96]})
+    with pytest.raises(InputError, match="rank"):
+        load_model(tinycnn_path, {"images": [1, 3, 96]})
+    with pytest.raises(InputError, match="fixed to 3"):
+        load_model(tinycnn_path, {"images": [1, 4, 96, 96]})
+
+
+def test_initializers_listed_as_inputs_are_not_user_inputs():
+    m = load_model(LIGHT_DIR / "light_squeezenet.onnx")
+    assert [s.name for s in m.inputs] == ["data_0"]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "no such file"),
+        (b"", "empty file"),
+        (b"hello, this is plainly not a model\n" * 3, "ONNX"),
+    ],
+)
+def test_bad_files(tmp_path: Path, content: bytes | None, match: str):
+    p = tmp_path / "bad.onnx"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        load_model(p)
+
+
+def test_truncated_file(tmp_path: Path, tinycnn_path: Path):
+    data = tinycnn_path.read_bytes()
+    p = tmp_path / "trunc.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="trunc.onnx"):
+        load_model(p)
+
+
+def test_invalid_graph(tmp_path: Path):
+    model = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { y = Add (x, missing) }
+        """
+    )
+    p = tmp_path / "invalid.onnx"
+    onnx.save(model, p)
+    with pytest.raises(InputError, match="invalid ONNX graph"):
+        load_model(p)
+
+
+def test_score_outputs():
+    model = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4] x, float[1, 5, 6] s) => (float[1, 4] a, float[1, 5, 6] b, float[1, 5, 6] c) {
+            a = Softmax (x)
+            b = Softmax (s)
+            c = Relu (s)
+        }
+        """
+    )
+    model = onnx.shape_inference.infer_shapes(model)
+    assert find_score_outputs(model) == {"a", "b"}
+
+
+def test_model_is_not_modified(tinycnn_path: Path):
+    before = tinycnn_path.read_bytes()
+    load_model(tinycnn_path, {"images": [1, 3, 96, 96]})
+    assert tinycnn_path.read_bytes() == before
+
+
+def test_sha256_and_size(tinycnn_path: Path):
+    import hashlib
+
+    m = load_model(tinycnn_path)
+    assert m.sha256 == hashlib.sha256(tinycnn_path.read_bytes()).hexdigest()
+    assert m.size_bytes == tinycnn_path.stat().st_size
+    assert np.dtype(m.inputs[0].dtype) == np.float32
