@@ -1,7 +1,7 @@
 """lepton-compile: verified, measured optimization of ONNX models.
 
-    result = lepton_compile.compile("model.onnx", input_shapes={"x": [1, 3, 224, 224]})
-    result.best, result.variants, result.pareto, result.save("out/")
+result = lepton_compile.compile("model.onnx", input_shapes={"x": [1, 3, 224, 224]})
+result.best, result.variants, result.pareto, result.save("out/")
 """
 
 from __future__ import annotations

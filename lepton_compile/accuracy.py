@@ -85,8 +85,13 @@ def compare_output(
     agree = total = 0
     for r, o in zip(refs, outs, strict=True):
         if r.shape != o.shape:
-            return OutputFidelity(name, cosine=float("nan"), sqnr_db=-math.inf, max_abs=math.inf,
-                                  top1_agreement=0.0 if score else None)
+            return OutputFidelity(
+                name,
+                cosine=float("nan"),
+                sqnr_db=-math.inf,
+                max_abs=math.inf,
+                top1_agreement=0.0 if score else None,
+            )
         rf = np.asarray(r, dtype=np.float64)
         of = np.asarray(o, dtype=np.float64)
         ref_parts.append(rf.ravel())
@@ -127,14 +132,18 @@ def compare(
     score_outputs: set[str],
     max_drop: float,
 ) -> Fidelity:
-    """Fidelity of ``outs`` against ``refs`` (one dict per eval sample); passes if drop <= max_drop."""
+    """Fidelity of ``outs`` vs ``refs`` (one dict per eval sample); passes if drop <= max_drop."""
     names = list(refs[0].keys()) if refs else []
     results = []
     for n in names:
         if any(n not in o for o in outs):
-            fid = Fidelity([], max_drop, passed=False, reason=f"output {n!r} missing", samples=len(refs))
+            fid = Fidelity(
+                [], max_drop, passed=False, reason=f"output {n!r} missing", samples=len(refs)
+            )
             return fid
-        results.append(compare_output(n, [r[n] for r in refs], [o[n] for o in outs], n in score_outputs))
+        results.append(
+            compare_output(n, [r[n] for r in refs], [o[n] for o in outs], n in score_outputs)
+        )
     fid = Fidelity(results, max_drop, samples=len(refs))
     bad = [o for o in results if not math.isfinite(o.cosine) and o.max_abs != 0.0]
     if bad:

@@ -51,42 +51,94 @@ def _compile_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", type=Path, help="the ONNX model (never modified)")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="output directory (default: ./MODEL.lepton); replaced atomically")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                   help="fix a dynamic input shape, e.g. images=1x3x640x640 (repeatable); a "
-                   "dynamic batch dimension defaults to 1")
-    p.add_argument("--inputs", type=Path, default=None, metavar="DIR",
-                   help="directory of .npz files, one feed per file, keys = input names; "
-                   "the first files calibrate, the last ones are held out for verification "
-                   "(default: generated inputs)")
-    p.add_argument("--objective", choices=["energy", "latency", "size"], default="energy",
-                   help="what the pick minimizes (default: energy)")
-    p.add_argument("--recipes", default=None, metavar="A,B",
-                   help="recipes to try (default: all; 'original' is always included); "
-                   "see the list in the report or lepton_compile.recipes.RECIPES")
-    p.add_argument("--backend", action="append", default=None, choices=["ort"],
-                   help="runtime backend(s) (default: ort)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="device to run on (default: cuda if available, else cpu)")
-    p.add_argument("--max-accuracy-drop", default="1%", metavar="X",
-                   help="largest fidelity loss a variant may have vs the original: max over "
-                   "outputs of 1-cosine and of 1-top-1 agreement for score outputs "
-                   "(default: 1%%)")
-    p.add_argument("--max-latency-ms", type=float, default=None,
-                   help="reject variants whose mean latency exceeds this")
-    p.add_argument("--meter", choices=["auto", "nvml", "rapl", "estimate"], default="auto",
-                   help="energy meter (default: auto: NVML on a GPU, RAPL where readable, "
-                   "else an estimate that is labelled as such)")
-    p.add_argument("--cpu-watts", type=float, default=None,
-                   help="CPU package power for the estimate meter (default: from a TDP table)")
-    p.add_argument("--quick", action="store_true",
-                   help="short measurement windows (CI smoke runs; wider confidence intervals)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="output directory (default: ./MODEL.lepton); replaced atomically",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="fix a dynamic input shape, e.g. images=1x3x640x640 (repeatable); a "
+        "dynamic batch dimension defaults to 1",
+    )
+    p.add_argument(
+        "--inputs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory of .npz files, one feed per file, keys = input names; "
+        "the first files calibrate, the last ones are held out for verification "
+        "(default: generated inputs)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["energy", "latency", "size"],
+        default="energy",
+        help="what the pick minimizes (default: energy)",
+    )
+    p.add_argument(
+        "--recipes",
+        default=None,
+        metavar="A,B",
+        help="recipes to try (default: all; 'original' is always included); "
+        "see the list in the report or lepton_compile.recipes.RECIPES",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=None,
+        choices=["ort"],
+        help="runtime backend(s) (default: ort)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="device to run on (default: cuda if available, else cpu)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        default="1%",
+        metavar="X",
+        help="largest fidelity loss a variant may have vs the original: max over "
+        "outputs of 1-cosine and of 1-top-1 agreement for score outputs "
+        "(default: 1%%)",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=None,
+        help="reject variants whose mean latency exceeds this",
+    )
+    p.add_argument(
+        "--meter",
+        choices=["auto", "nvml", "rapl", "estimate"],
+        default="auto",
+        help="energy meter (default: auto: NVML on a GPU, RAPL where readable, "
+        "else an estimate that is labelled as such)",
+    )
+    p.add_argument(
+        "--cpu-watts",
+        type=float,
+        default=None,
+        help="CPU package power for the estimate meter (default: from a TDP table)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short measurement windows (CI smoke runs; wider confidence intervals)",
+    )
     p.add_argument("--calibration-samples", type=int, default=16, metavar="N")
     p.add_argument("--eval-samples", type=int, default=16, metavar="N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true",
-                   help="print report.json to stdout (no table, no progress)")
+    p.add_argument(
+        "--json", action="store_true", help="print report.json to stdout (no table, no progress)"
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--version", action="version", version=f"lepton-compile {__version__}")
@@ -102,12 +154,24 @@ def _gate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("base", type=Path, help="report.json of the reference run")
     p.add_argument("current", type=Path, help="report.json of the run under test")
-    p.add_argument("--max-latency-regression", default="5%", metavar="X",
-                   help="allowed relative increase of mean latency (default: 5%%)")
-    p.add_argument("--max-energy-regression", default="5%", metavar="X",
-                   help="allowed relative increase of energy per inference (default: 5%%)")
-    p.add_argument("--max-accuracy-drop", default="1%", metavar="X",
-                   help="allowed increase of the accuracy drop, absolute (default: 1%%)")
+    p.add_argument(
+        "--max-latency-regression",
+        default="5%",
+        metavar="X",
+        help="allowed relative increase of mean latency (default: 5%%)",
+    )
+    p.add_argument(
+        "--max-energy-regression",
+        default="5%",
+        metavar="X",
+        help="allowed relative increase of energy per inference (default: 5%%)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        default="1%",
+        metavar="X",
+        help="allowed increase of the accuracy drop, absolute (default: 1%%)",
+    )
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown here")
     return p
 
@@ -115,7 +179,9 @@ def _gate_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: int, console: Console) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)],
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
     # onnxruntime's quantizer logs at INFO through the root logger; keep it out of the way.
@@ -135,8 +201,12 @@ class _RichObserver:
 
     def advance(self, detail: str = "") -> None:
         if self.task is not None:
-            self.progress.update(self.task, advance=1, description=self.progress.tasks[-1]
-                                 .description.split(" · ")[0] + (f" · {detail}" if detail else ""))
+            self.progress.update(
+                self.task,
+                advance=1,
+                description=self.progress.tasks[-1].description.split(" · ")[0]
+                + (f" · {detail}" if detail else ""),
+            )
 
     def done(self) -> None:
         self.stage("done", total=1)
@@ -176,8 +246,12 @@ def _cmd_compile(argv: Sequence[str]) -> int:
     if args.json or args.quiet:
         result = compile(args.model, observer=Observer(), **kwargs)
     else:
-        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn())
+        cols = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*cols, console=err, transient=False) as progress:
             result = compile(args.model, observer=_RichObserver(progress), **kwargs)
     saved = result.save(outdir)

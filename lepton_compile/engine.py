@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +109,7 @@ def _copy_original(src: Path, dst: Path, uses_external: bool) -> None:
 
 def _uses_external_data(path: Path) -> bool:
     m = onnx.load(str(path), load_external_data=False)
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer
-    )
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
 
 
 def _one_line(e: BaseException) -> str:
@@ -245,6 +243,8 @@ def compile(
             loaded.path, device="cpu", options={"graph_optimization_level": "disable"}
         )
         reference = _run_all(ref_sess, feeds.eval)
+    except NotSupported as e:
+        raise InputError(f"{loaded.path.name}: unsupported op: {e}") from None
     except Exception as e:
         raise InputError(
             f"{loaded.path.name}: the original model does not run on the inputs "
@@ -270,8 +270,11 @@ def compile(
                 m, steps = recipe_lib.build(r, loaded.model, feeds.calibration)
                 intake.check(m, Path(f"{r.name} variant"))
                 save_model(m, art)
-            built[r.name] = (art, {"seconds": round(time.perf_counter() - t0, 3),
-                                   "steps": steps}, "")
+            built[r.name] = (
+                art,
+                {"seconds": round(time.perf_counter() - t0, 3), "steps": steps},
+                "",
+            )
         except LeptonError as e:
             built[r.name] = (None, {"seconds": round(time.perf_counter() - t0, 3)}, str(e))
         except Exception as e:
@@ -284,8 +287,10 @@ def compile(
         avail = _backend_devices(bname)
         devs = _pick_device(avail, device)
         if not devs:
-            raise InputError(f"backend {bname!r} cannot use device {device!r} here "
-                             f"(available: {', '.join(avail)})")
+            raise InputError(
+                f"backend {bname!r} cannot use device {device!r} here "
+                f"(available: {', '.join(avail)})"
+            )
         for dev in devs:
             for r in chosen:
                 art, build_info, err = built[r.name]
@@ -297,7 +302,8 @@ def compile(
                 v.artifact = art
                 v.size_bytes = art.stat().st_size + (
                     art.with_name(art.name + ".data").stat().st_size
-                    if art.with_name(art.name + ".data").exists() else 0
+                    if art.with_name(art.name + ".data").exists()
+                    else 0
                 )
 
     baseline = next(v for v in variants if v.recipe.name == "original")
@@ -337,8 +343,12 @@ def compile(
     obs.stage("measuring", total=len(sessions) * proto.trials)
     feed = feeds.eval[0]
     runners = {vid: (lambda s=s: s.run(feed)) for vid, s in sessions.items()}
-    results = measure(runners, meter_obj, proto,
-                      progress=lambda vid, i, n: obs.advance(f"{vid} trial {i + 1}/{n}"))
+    results = measure(
+        runners,
+        meter_obj,
+        proto,
+        progress=lambda vid, i, n: obs.advance(f"{vid} trial {i + 1}/{n}"),
+    )
     for v in variants:
         mres = results.get(v.id)
         if mres is None:
@@ -348,8 +358,10 @@ def compile(
             continue
         v.measurement = mres
         if max_latency_ms is not None and mres.latency_ms.mean > max_latency_ms:
-            v.fail("rejected", f"latency {mres.latency_ms.mean:.3f} ms > --max-latency-ms "
-                               f"{max_latency_ms:g}")
+            v.fail(
+                "rejected",
+                f"latency {mres.latency_ms.mean:.3f} ms > --max-latency-ms {max_latency_ms:g}",
+            )
     sessions.clear()
 
     front = set(search.pareto_front(variants))
@@ -365,8 +377,11 @@ def compile(
         if not ok:
             best, pick_reason = baseline, "nothing met the constraints"
         else:
-            key = {"energy": lambda v: v.energy.mean, "latency": lambda v: v.latency.mean,
-                   "size": lambda v: v.size_bytes}[objective]
+            key = {
+                "energy": lambda v: v.energy.mean,
+                "latency": lambda v: v.latency.mean,
+                "size": lambda v: v.size_bytes,
+            }[objective]
             best = min(ok, key=key)
             pick_reason = "the original did not meet the constraints; best that did"
     obs.done()

@@ -1,4 +1,4 @@
-"""Error types that map onto the CLI's exit codes (DESIGN.md: 0 ok, 1 gate/constraints, 2 bad input)."""
+"""Error types that map onto the exit codes: 0 ok, 1 gate or constraints failed, 2 bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CI perf gate: compare two reports and fail on a latency, energy or accuracy regression beyond noise."""
+"""CI perf gate: fail on a latency, energy or accuracy regression beyond noise between reports."""
 
 from __future__ import annotations
 
@@ -88,27 +88,48 @@ def compare(
         warnings.append("the reports are of different models")
     bdev, cdev = base.get("device", {}), cur.get("device", {})
     if bdev.get("key") and cdev.get("key") and bdev["key"] != cdev["key"]:
-        warnings.append("the reports come from different device records: figures may not be "
-                        "comparable")
+        warnings.append(
+            "the reports come from different device records: figures may not be comparable"
+        )
     bm = (bb.get("energy_j") or {}).get("method")
     cm = (cb.get("energy_j") or {}).get("method")
     if bm and cm and bm != cm:
         warnings.append(f"energy was obtained differently ({bm} vs {cm})")
     checks = [
-        _timed_check("latency_ms (mean)", bb.get("latency_ms"), cb.get("latency_ms"), "mean",
-                     max_latency_regression),
-        _timed_check("energy_j (per inference)", bb.get("energy_j"), cb.get("energy_j"),
-                     "per_inference", max_energy_regression),
+        _timed_check(
+            "latency_ms (mean)",
+            bb.get("latency_ms"),
+            cb.get("latency_ms"),
+            "mean",
+            max_latency_regression,
+        ),
+        _timed_check(
+            "energy_j (per inference)",
+            bb.get("energy_j"),
+            cb.get("energy_j"),
+            "per_inference",
+            max_energy_regression,
+        ),
     ]
     bd = (bb.get("accuracy") or {}).get("drop")
     cd = (cb.get("accuracy") or {}).get("drop")
     if bd is None or cd is None:
-        checks.append(Check("accuracy drop", bd, cd, None, max_accuracy_drop, False, False,
-                            "not verified"))
+        checks.append(
+            Check("accuracy drop", bd, cd, None, max_accuracy_drop, False, False, "not verified")
+        )
     else:
         delta = float(cd) - float(bd)
-        checks.append(Check("accuracy drop", float(bd), float(cd), delta, max_accuracy_drop,
-                            delta > max_accuracy_drop, True))
+        checks.append(
+            Check(
+                "accuracy drop",
+                float(bd),
+                float(cd),
+                delta,
+                max_accuracy_drop,
+                delta > max_accuracy_drop,
+                True,
+            )
+        )
     return checks, warnings
 
 
@@ -140,7 +161,9 @@ def to_markdown(base: dict, cur: dict, checks: list[Check], warnings: list[str])
             result = "✅ within noise"
         else:
             result = "✅"
-        lines.append(f"| {c.metric} | {fmt(c.base)} | {fmt(c.cur)} | {change} | {limit} | {result} |")
+        lines.append(
+            f"| {c.metric} | {fmt(c.base)} | {fmt(c.cur)} | {change} | {limit} | {result} |"
+        )
     for w in warnings:
         lines.append(f"\n> warning: {w}")
     failed = any(c.regressed for c in checks)
@@ -158,6 +181,7 @@ def run_gate(
     """(passed, markdown)."""
     base = load_report(base_path)
     cur = load_report(cur_path)
-    checks, warnings = compare(base, cur, max_latency_regression, max_energy_regression,
-                               max_accuracy_drop)
+    checks, warnings = compare(
+        base, cur, max_latency_regression, max_energy_regression, max_accuracy_drop
+    )
     return not any(c.regressed for c in checks), to_markdown(base, cur, checks, warnings)

@@ -160,7 +160,7 @@ def prepare(
     eval_samples: int = 4,
     seed: int = 0,
 ) -> InputSet:
-    """Calibration and held-out eval feeds. User data is split: the eval part is never calibrated on."""
+    """Calibration and held-out eval feeds; with user data the eval part is never calibrated on."""
     if inputs_dir is None:
         return InputSet(
             calibration=generate(loaded, calibration_samples, seed),

@@ -17,8 +17,12 @@ from lepton_compile.errors import InputError
 
 log = logging.getLogger(__name__)
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.BFLOAT16}
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
 _HEAD_OPS = {"Gemm", "MatMul", "Add", "Flatten", "Reshape", "Squeeze", "Sigmoid"}
 
 
@@ -301,7 +305,9 @@ def load_model(
     for s in inputs:
         if s.elem_type == 0:
             raise InputError(f"{path.name}: input {s.name!r} is not a tensor with a known dtype")
-    outputs = [TensorSpec(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output]
+    outputs = [
+        TensorSpec(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output
+    ]
     return LoadedModel(
         path=path,
         sha256=file_sha256(path),

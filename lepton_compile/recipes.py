@@ -1,4 +1,4 @@
-"""Variant recipes as data: an ordered pass pipeline, a precision step, and the backends to run on."""
+"""Variant recipes as data: an ordered pass pipeline and a precision step."""
 
 from __future__ import annotations
 
@@ -75,9 +75,7 @@ def resolve(names: Sequence[str] | None) -> list[Recipe]:
     names = list(names or DEFAULT_RECIPES)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
-        raise InputError(
-            f"unknown recipe(s) {', '.join(unknown)} (known: {', '.join(RECIPES)})"
-        )
+        raise InputError(f"unknown recipe(s) {', '.join(unknown)} (known: {', '.join(RECIPES)})")
     if "original" in names:
         names.remove("original")
     return [RECIPES["original"]] + [RECIPES[n] for n in dict.fromkeys(names)]
@@ -117,5 +115,8 @@ def _record(r: Any) -> dict:
         return r
     if hasattr(r, "to_dict"):
         return r.to_dict()
-    return {k: getattr(r, k) for k in ("name", "seconds", "nodes_before", "nodes_after", "modified")
-            if hasattr(r, k)}
+    return {
+        k: getattr(r, k)
+        for k in ("name", "seconds", "nodes_before", "nodes_after", "modified")
+        if hasattr(r, k)
+    }

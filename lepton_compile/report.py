@@ -1,4 +1,4 @@
-"""Reports: report.json (schema lepton-compile/report/v1), report.md, report.html, terminal table."""
+"""Reports: report.json (lepton-compile/report/v1), report.md, report.html, terminal table."""
 
 from __future__ import annotations
 
@@ -151,22 +151,33 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
         if e is not None and en.get("method") == "estimated":
             e_txt += " (est.)"
         mark = " ★" if v["id"] == best else ""
-        out.append([
-            v["id"] + mark,
-            v["status"],
-            _num(lat.get("p50")),
-            lat_txt,
-            e_txt,
-            _num(acc.get("drop"), "{:.4f}"),
-            _num(acc.get("min_sqnr_db"), "{:.1f}"),
-            f"{v['size_bytes'] / 1e6:.2f}" if v.get("size_bytes") else "—",
-            "yes" if v.get("pareto") else "",
-        ])
+        out.append(
+            [
+                v["id"] + mark,
+                v["status"],
+                _num(lat.get("p50")),
+                lat_txt,
+                e_txt,
+                _num(acc.get("drop"), "{:.4f}"),
+                _num(acc.get("min_sqnr_db"), "{:.1f}"),
+                f"{v['size_bytes'] / 1e6:.2f}" if v.get("size_bytes") else "—",
+                "yes" if v.get("pareto") else "",
+            ]
+        )
     return out
 
 
-HEADERS = ["variant", "status", "p50 ms", "mean ms ± ci95", "mJ/inf ± ci95", "acc. drop",
-           "SQNR dB", "MB", "Pareto"]
+HEADERS = [
+    "variant",
+    "status",
+    "p50 ms",
+    "mean ms ± ci95",
+    "mJ/inf ± ci95",
+    "acc. drop",
+    "SQNR dB",
+    "MB",
+    "Pareto",
+]
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Shared fixtures: small models written as ONNX text, the shipped example, the onnx wheel's light models."""
+"""Shared fixtures: small models as ONNX text, the example model, the onnx wheel's light models."""
 
 from __future__ import annotations
 

@@ -50,7 +50,9 @@ def test_unfixed_dynamic_dim_names_it_and_the_flag(tmp_path: Path):
     )
     p = tmp_path / "m.onnx"
     onnx.save(model, p)
-    with pytest.raises(InputError, match=r"'x' has dynamic dimension 2 \(H\).*--input-shape x=1x3xNxN"):
+    with pytest.raises(
+        InputError, match=r"'x' has dynamic dimension 2 \(H\).*--input-shape x=1x3xNxN"
+    ):
         load_model(p)
 
 

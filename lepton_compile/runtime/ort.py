@@ -1,9 +1,10 @@
-"""ONNX Runtime backend: CPU provider, and the CUDA provider where installed and a GPU is present."""
+"""ONNX Runtime backend: the CPU provider, and CUDA where installed and a GPU is present."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,22 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+_UNSUPPORTED = (
+    re.compile(r"(\S+) is not a registered function/op"),
+    re.compile(r"Could not find an implementation for (\S+\(\d+\))"),
+    re.compile(r"No opset import for domain '([^']+)'"),
+)
+
+
+def unsupported_op(message: str) -> str | None:
+    """The op named by an onnxruntime 'no kernel' error, or None for other errors."""
+    for pat in _UNSUPPORTED:
+        m = pat.search(message)
+        if m:
+            return m.group(1)
+    return None
 
 
 def _cuda_present() -> bool:
@@ -47,9 +64,11 @@ class OrtSession:
         try:
             self._sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:
-            text = str(e)
-            if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text:
-                raise NotSupported(f"onnxruntime ({device}): {text.strip().splitlines()[-1]}") from None
+            unsupported = unsupported_op(str(e))
+            if unsupported:
+                raise NotSupported(
+                    f"onnxruntime ({device}) has no kernel for {unsupported}"
+                ) from None
             raise
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]

@@ -1,0 +1,315 @@
+"""Measures several variants fairly on a noisy machine: warm-up, then seeded interleaved trials."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lepton_compile.bench.energy import EnergyReading, Meter
+from lepton_compile.bench.stats import Stats, summarize
+
+__all__ = ["Measurement", "Protocol", "measure"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Protocol:
+    """How to measure. Trials interleave the variants, so drift (heat, clocks, neighbours)
+    spreads over all of them instead of landing on whichever ran last.
+
+    ``min_meter_periods``: a trial's window is at least this many update periods of the meter
+    (NVML refreshes about every 100 ms; a shorter window reads mostly quantization).
+    ``jitter_s``: a random pause of up to this long before each window, so windows do not
+    phase-lock with the meter's refresh (Yang et al., SC'24); None means one update period of
+    the meter where known, else none.
+    """
+
+    warmup_runs: int = 3
+    warmup_s: float = 0.2
+    trials: int = 5  # interleaved: each trial measures every variant once, order shuffled
+    min_trial_s: float = 0.25  # per variant per trial: repeat the callable until this elapses
+    min_runs_per_trial: int = 3
+    max_runs_per_trial: int = 1000
+    seed: int = 0
+    min_meter_periods: float = 10.0
+    jitter_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ValueError("trials must be >= 1")
+        if self.warmup_runs < 0 or self.warmup_s < 0 or self.min_trial_s < 0:
+            raise ValueError("warmup_runs, warmup_s and min_trial_s must be >= 0")
+        if not 1 <= self.min_runs_per_trial <= self.max_runs_per_trial:
+            raise ValueError("need 1 <= min_runs_per_trial <= max_runs_per_trial")
+        if self.min_meter_periods < 0 or (self.jitter_s is not None and self.jitter_s < 0):
+            raise ValueError("min_meter_periods and jitter_s must be >= 0")
+
+    @classmethod
+    def quick(cls) -> Protocol:
+        """Short windows for CI and smoke runs: figures are indicative only."""
+        return cls(
+            warmup_runs=1,
+            warmup_s=0.02,
+            trials=3,
+            min_trial_s=0.05,
+            min_runs_per_trial=2,
+            max_runs_per_trial=200,
+            min_meter_periods=3.0,
+        )
+
+    def window_s(self, meter: Meter) -> float:
+        """Minimum seconds per variant per trial with this meter."""
+        period = meter.update_period_s or 0.0
+        return max(self.min_trial_s, self.min_meter_periods * period)
+
+    def pause_s(self, meter: Meter) -> float:
+        """Upper bound of the random pause before each window with this meter."""
+        if self.jitter_s is not None:
+            return self.jitter_s
+        period = meter.update_period_s or 0.0
+        return period if period >= 0.01 else 0.0  # a ~1 ms RAPL refresh needs no de-phasing
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Measurement:
+    """What ``measure`` found for one variant.
+
+    ``latency_ms``: over every run, except ``ci95``, which is over the per-trial means (runs in
+    one trial share the machine's state, so they are not independent samples). ``energy_j``:
+    one value per trial, joules of the trial's window divided by its runs. ``energy_method``
+    comes from the meter: an estimate is never labelled as measured.
+    """
+
+    variant_id: str
+    latency_ms: Stats | None
+    energy_j: Stats | None
+    energy_method: str
+    meter: dict[str, Any]
+    runs: int
+    trials: int
+    window_s: list[float]
+    protocol: Protocol
+    error: str | None = None
+    energy_errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's shape: latency_ms, energy_j, protocol (plus status and error)."""
+        lat = self.latency_ms
+        en = self.energy_j
+
+        def num(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
+        d: dict[str, Any] = {
+            "status": "failed" if self.failed else "ok",
+            "latency_ms": {
+                "p50": num(lat.p50) if lat else None,
+                "p90": num(lat.p90) if lat else None,
+                "p99": num(lat.p99) if lat else None,
+                "mean": num(lat.mean) if lat else None,
+                "ci95": num(lat.ci95) if lat else None,
+                "n": lat.n if lat else 0,
+                "std": num(lat.std) if lat else None,
+                "min": num(lat.min) if lat else None,
+                "max": num(lat.max) if lat else None,
+                "ci95_over": f"{lat.ci_n} per-trial means" if lat else None,
+            },
+            "energy_j": {
+                "per_inference": num(en.mean) if en else None,
+                "ci95": num(en.ci95) if en else None,
+                "method": self.energy_method,
+                "n": en.n if en else 0,
+                "meter": self.meter,
+            },
+            "protocol": {
+                **self.protocol.to_dict(),
+                "interleaved": True,
+                "runs": self.runs,
+                "trials_completed": self.trials,
+                "window_s_mean": (
+                    math.fsum(self.window_s) / len(self.window_s) if self.window_s else None
+                ),
+                "window_s_total": math.fsum(self.window_s),
+            },
+        }
+        if self.energy_errors:
+            d["energy_j"]["errors"] = self.energy_errors
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+class _RunnerFailed(Exception):
+    pass
+
+
+@dataclass
+class _Acc:
+    latencies: list[list[float]] = field(default_factory=list)  # ms, one list per trial
+    energy: list[float] = field(default_factory=list)  # J per inference, one per trial
+    windows: list[float] = field(default_factory=list)
+    energy_errors: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _describe_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _warmup(fn: Callable[[], object], p: Protocol) -> None:
+    # Both minimums: the first runs pay for allocation and kernel selection, and a time floor
+    # lets clocks and caches settle for fast callables.
+    start = time.perf_counter()
+    n = 0
+    while n < p.warmup_runs or (
+        time.perf_counter() - start < p.warmup_s and n < p.max_runs_per_trial
+    ):
+        fn()
+        n += 1
+
+
+def _window(
+    fn: Callable[[], object], meter: Meter, window_s: float, p: Protocol
+) -> tuple[list[float], float, EnergyReading | None, str | None]:
+    """Run fn until the window and the minimum runs are reached.
+
+    Returns (latencies in ms, elapsed seconds, the meter's reading or None, the meter's error).
+    """
+    energy_error: str | None = None
+    try:
+        token = meter.begin()
+    except Exception as e:  # a meter fault loses the energy of this trial, not its latency
+        token, energy_error = None, _describe_error(e)
+    lat: list[float] = []
+    start = time.perf_counter_ns()
+    limit_ns = window_s * 1e9
+    try:
+        while True:
+            t0 = time.perf_counter_ns()
+            fn()
+            t1 = time.perf_counter_ns()
+            lat.append((t1 - t0) / 1e6)
+            n = len(lat)
+            if n >= p.max_runs_per_trial or (n >= p.min_runs_per_trial and t1 - start >= limit_ns):
+                break
+    except Exception as e:
+        raise _RunnerFailed(_describe_error(e)) from e
+    elapsed_s = (time.perf_counter_ns() - start) / 1e9
+    reading = None
+    if token is not None:
+        try:
+            reading = meter.end(token)
+        except Exception as e:
+            energy_error = _describe_error(e)
+    return lat, elapsed_s, reading, energy_error
+
+
+def measure(
+    runners: Mapping[str, Callable[[], object]],
+    meter: Meter,
+    protocol: Protocol,
+    progress: Progress | None = None,
+) -> dict[str, Measurement]:
+    """Measure every runner's latency and energy per call under ``protocol``.
+
+    A runner must block until its work is done (synchronize a GPU stream inside it). Each is
+    warmed up, then measured in ``protocol.trials`` trials; in each trial every variant gets one
+    window, in an order shuffled with ``protocol.seed``. A runner that raises is recorded as
+    failed (``error``) and left out of later trials; the others go on. ``progress`` is called
+    as (variant_id, trial_index from 0, trials) before each window.
+    """
+    ids = list(runners)
+    order_rng = random.Random(protocol.seed)
+    pause_rng = random.Random(protocol.seed + 1)  # separate, so pausing does not change orders
+    window_s = protocol.window_s(meter)
+    pause_s = protocol.pause_s(meter)
+    acc = {vid: _Acc() for vid in ids}
+
+    for vid in ids:
+        try:
+            _warmup(runners[vid], protocol)
+        except Exception as e:
+            acc[vid].error = f"warm-up: {_describe_error(e)}"
+            log.warning("variant %s failed: %s", vid, acc[vid].error)
+
+    gc.collect()  # once, after warm-up: the full collection's cost stays out of every window
+    for trial in range(protocol.trials):
+        order = [vid for vid in ids if acc[vid].error is None]
+        order_rng.shuffle(order)
+        for vid in order:
+            if progress is not None:
+                progress(vid, trial, protocol.trials)
+            if pause_s > 0:
+                time.sleep(pause_rng.uniform(0.0, pause_s))
+            # Young generations only: garbage the previous variant left is not collected in this
+            # one's window, at ~0.1 ms instead of a full collection's tens of ms.
+            gc.collect(1)
+            a = acc[vid]
+            try:
+                lat, elapsed_s, reading, energy_error = _window(
+                    runners[vid], meter, window_s, protocol
+                )
+            except _RunnerFailed as e:
+                a.error = f"trial {trial}: {e}"
+                log.warning("variant %s failed: %s", vid, a.error)
+                continue
+            a.latencies.append(lat)
+            a.windows.append(elapsed_s if reading is None else reading.seconds)
+            if reading is not None:
+                a.energy.append(reading.joules / len(lat))
+            if energy_error is not None:
+                a.energy_errors.append(f"trial {trial}: {energy_error}")
+                log.warning("energy meter failed for %s in trial %d: %s", vid, trial, energy_error)
+
+    description = meter.describe()
+    out: dict[str, Measurement] = {}
+    for vid in ids:
+        a = acc[vid]
+        ok = a.error is None and bool(a.latencies)
+        flat = [x for trial in a.latencies for x in trial]
+        latency = None
+        energy = None
+        if ok:
+            latency = summarize(flat, ci_over=[math.fsum(t) / len(t) for t in a.latencies])
+            energy = summarize(a.energy) if a.energy else None
+        out[vid] = Measurement(
+            variant_id=vid,
+            latency_ms=latency,
+            energy_j=energy,
+            energy_method=meter.name,
+            meter=description,
+            runs=len(flat),
+            trials=len(a.latencies),
+            window_s=a.windows,
+            protocol=protocol,
+            error=a.error,
+            energy_errors=a.energy_errors,
+        )
+        if ok and latency is not None:
+            log.debug(
+                "%s: p50 %.4g ms ± %.2g (%d runs, %d trials), %s J/inference (%s)",
+                vid,
+                latency.p50,
+                latency.ci95,
+                latency.n,
+                len(a.latencies),
+                f"{energy.mean:.4g}" if energy else "n/a",
+                meter.name,
+            )
+    return out

@@ -1,0 +1,256 @@
+"""End to end through the command line: outputs, report schema, exit codes and the error table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import LIGHT_DIR, text_model
+
+from lepton_compile.cli import main
+
+REQUIRED_VARIANT_KEYS = {
+    "id",
+    "recipe",
+    "backend",
+    "precision",
+    "status",
+    "latency_ms",
+    "energy_j",
+    "accuracy",
+    "size_bytes",
+    "pareto",
+    "artifact",
+}
+
+
+def run_cli(*args: str) -> int:
+    return main([*args, "--quick", "-q"])
+
+
+def check_report(out: Path) -> dict:
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["schema"] == "lepton-compile/report/v1"
+    for k in ("model", "device", "baseline", "best", "variants"):
+        assert k in rep
+    assert {"path", "sha256", "inputs"} <= rep["model"].keys()
+    for v in rep["variants"]:
+        assert REQUIRED_VARIANT_KEYS <= v.keys(), v["id"]
+        if v["status"] == "ok":
+            assert {"p50", "p90", "p99", "mean", "ci95"} <= v["latency_ms"].keys()
+            assert {"per_inference", "ci95", "method"} <= v["energy_j"].keys()
+            assert v["energy_j"]["method"] in ("nvml", "rapl", "estimated")
+            assert v["accuracy"]["passed"] is True
+            assert (out / v["artifact"]).is_file()
+    assert (out / "report.md").read_text().startswith("## lepton-compile")
+    assert (out / "report.html").is_file()
+    return rep
+
+
+def agrees_with_original(original: Path, best: Path, feed: dict) -> None:
+    a = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"]).run(None, feed)
+    b = ort.InferenceSession(str(best), providers=["CPUExecutionProvider"]).run(None, feed)
+    for x, y in zip(a, b, strict=True):
+        cos = float(np.dot(x.ravel(), y.ravel()) / (np.linalg.norm(x) * np.linalg.norm(y)))
+        assert cos > 0.99
+
+
+def test_tinycnn_end_to_end(tmp_path: Path, tinycnn_path: Path):
+    before = tinycnn_path.read_bytes()
+    out = tmp_path / "out"
+    assert run_cli(str(tinycnn_path), "-o", str(out)) == 0
+    rep = check_report(out)
+    ids = [v["id"] for v in rep["variants"]]
+    assert ids[0] == "original-ort-cpu" and rep["baseline"] == "original-ort-cpu"
+    assert {"fused-ort-cpu", "fp16-ort-cpu", "int8-qdq-ort-cpu"} <= set(ids)
+    by_id = {v["id"]: v for v in rep["variants"]}
+    assert by_id["fused-ort-cpu"]["status"] == "ok"
+    assert by_id["int8-qdq-ort-cpu"]["size_bytes"] < by_id["original-ort-cpu"]["size_bytes"]
+    assert any("batch" in n for n in rep["notes"])
+    assert any("estimated" in n for n in rep["notes"])
+    assert tinycnn_path.read_bytes() == before
+    feed = {"images": np.random.default_rng(5).random((1, 3, 96, 96), dtype=np.float32)}
+    agrees_with_original(tinycnn_path, out / "best.onnx", feed)
+    onnx.checker.check_model(onnx.load(out / "best.onnx"))
+
+
+def test_json_output_and_default_outdir(tmp_path: Path, tinycnn_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(tinycnn_path), "--quick", "--json", "--recipes", "fused"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["schema"] == "lepton-compile/report/v1"
+    assert (tmp_path / "tinycnn.lepton" / "best.onnx").is_file()
+
+
+def test_rerun_replaces_output_dir(tmp_path: Path, mlp_path: Path):
+    out = tmp_path / "o"
+    assert run_cli(str(mlp_path), "-o", str(out), "--recipes", "fused") == 0
+    (out / "stale.txt").write_text("x")
+    assert run_cli(str(mlp_path), "-o", str(out), "--recipes", "fused") == 0
+    assert not (out / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp dirs left"
+
+
+def test_max_latency_nothing_meets_constraints(tmp_path: Path, mlp_path: Path):
+    out = tmp_path / "o"
+    assert (
+        run_cli(
+            str(mlp_path), "-o", str(out), "--recipes", "fused", "--max-latency-ms", "0.0000001"
+        )
+        == 1
+    )
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["constraints"]["met"] is False
+
+
+def test_rejected_variant_is_never_picked(tmp_path: Path, mlp_path: Path):
+    # A zero tolerance rejects every lossy variant; the lossless ones may still win.
+    out = tmp_path / "o"
+    assert run_cli(str(mlp_path), "-o", str(out), "--max-accuracy-drop", "0") == 0
+    rep = json.loads((out / "report.json").read_text())
+    by_id = {v["id"]: v for v in rep["variants"]}
+    assert by_id["int8-qdq-ort-cpu"]["status"] == "rejected"
+    assert "drop" in by_id["int8-qdq-ort-cpu"]["reason"]
+    assert by_id[rep["best"]["id"]]["status"] == "ok"
+
+
+def test_python_dash_m_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "lepton_compile", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0
+    assert "--input-shape" in r.stdout and "gate" in r.stdout and "exit codes" in r.stdout
+
+
+# --- The error table: one clear line, exit 2, no traceback, no output, input untouched ------
+
+
+def _unsupported_op_model(tmp_path: Path) -> Path:
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+        g (float[1, 4] x) => (float[1, 4] y) { y = com.example.Frobnicate (x) }
+        """
+    )
+    p = tmp_path / "custom.onnx"
+    onnx.save(m, p)
+    return p
+
+
+def _invalid_model(tmp_path: Path) -> Path:
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { y = Add (x, missing) }
+        """
+    )
+    p = tmp_path / "invalid.onnx"
+    onnx.save(m, p)
+    return p
+
+
+def _truncated(tmp_path: Path, src: Path) -> Path:
+    p = tmp_path / "trunc.onnx"
+    data = src.read_bytes()
+    p.write_bytes(data[: len(data) // 3])
+    return p
+
+
+def _not_onnx(tmp_path: Path) -> Path:
+    p = tmp_path / "notes.onnx"
+    p.write_text("this is a text file, not a model\n" * 20)
+    return p
+
+
+def _dynamic(tmp_path: Path) -> Path:
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 3, H, W] x) => (float[1, 3, H, W] y) { y = Relu (x) }
+        """
+    )
+    p = tmp_path / "dyn.onnx"
+    onnx.save(m, p)
+    return p
+
+
+ERROR_CASES = {
+    "missing file": (lambda t, m: t / "nope.onnx", [], "no such file"),
+    "truncated file": (lambda t, m: _truncated(t, m), [], "trunc.onnx"),
+    "not onnx": (lambda t, m: _not_onnx(t), [], "notes.onnx"),
+    "invalid graph": (lambda t, m: _invalid_model(t), [], "invalid ONNX graph"),
+    "unsupported op": (lambda t, m: _unsupported_op_model(t), [], "Frobnicate"),
+    "input-shape names no input": (lambda t, m: m, ["--input-shape", "foo=1x2"], "not an input"),
+    "dynamic dim left unfixed": (lambda t, m: _dynamic(t), [], "--input-shape x="),
+    "bad input-shape syntax": (lambda t, m: m, ["--input-shape", "images"], "NAME=DIMS"),
+    "unknown recipe": (lambda t, m: m, ["--recipes", "turbo"], "unknown recipe"),
+    "bad accuracy drop": (lambda t, m: m, ["--max-accuracy-drop", "lots"], "max-accuracy-drop"),
+    "meter not there": (lambda t, m: m, ["--meter", "nvml"], "--meter nvml"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_error_table(case: str, tmp_path: Path, tinycnn_path: Path, capsys):
+    make, extra, match = ERROR_CASES[case]
+    model = make(tmp_path, tinycnn_path)
+    before = model.read_bytes() if model.exists() else None
+    out = tmp_path / "out"
+    code = main([str(model), "-o", str(out), "--quick", "-q", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("lepton-compile: error:") and match in lines[-1], err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    if before is not None:
+        assert model.read_bytes() == before
+
+
+def test_a_variant_that_crashes_is_recorded_and_the_run_goes_on(
+    tmp_path: Path, mlp_path: Path, monkeypatch
+):
+    from lepton_compile import recipes
+
+    def broken_build(recipe, model, calibration=()):
+        if recipe.name == "fp16":
+            raise RuntimeError("backend exploded")
+        return real_build(recipe, model, calibration)
+
+    real_build = recipes.build
+    monkeypatch.setattr(recipes, "build", broken_build)
+    import lepton_compile
+
+    res = lepton_compile.compile(mlp_path, quick=True)
+    by_id = {v.id: v for v in res.variants}
+    assert by_id["fp16-ort-cpu"].status == "failed"
+    assert "backend exploded" in by_id["fp16-ort-cpu"].reason
+    assert by_id["fused-ort-cpu"].status == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_resnet50", "light_inception_v2"])
+def test_light_models_end_to_end(tmp_path: Path, name: str):
+    src = LIGHT_DIR / f"{name}.onnx"
+    out = tmp_path / "out"
+    assert (
+        run_cli(str(src), "-o", str(out), "--eval-samples", "4", "--calibration-samples", "4") == 0
+    )
+    rep = check_report(out)
+    by_id = {v["id"]: v for v in rep["variants"]}
+    assert by_id["fused-ort-cpu"]["status"] == "ok"
+    m = onnx.load(src)
+    inits = {i.name for i in m.graph.initializer}
+    inp = next(i for i in m.graph.input if i.name not in inits)
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    feed = {inp.name: np.random.default_rng(1).random(shape, dtype=np.float32)}
+    agrees_with_original(src, out / "best.onnx", feed)
