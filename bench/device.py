@@ -214,7 +214,6 @@ def device_record(providers: list[str] | None = None) -> dict[str, Any]:
         "python": {
             "version": platform.python_version(),
             "implementation": platform.python_implementation(),
-            "executable": sys.executable,
         },
         "packages": package_versions(),
         "providers": list(providers) if providers is not None else None,

@@ -238,7 +238,16 @@ def test_a_variant_that_crashes_is_recorded_and_the_run_goes_on(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["light_squeezenet", "light_resnet50", "light_inception_v2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "light_squeezenet",
+        "light_resnet50",
+        "light_inception_v2",
+        "light_shufflenet",
+        "light_densenet121",
+    ],
+)
 def test_light_models_end_to_end(tmp_path: Path, name: str):
     src = LIGHT_DIR / f"{name}.onnx"
     out = tmp_path / "out"

@@ -1,0 +1,61 @@
+"""The Python API: compile() returns variants, the pick and the frontier; save() writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lepton_compile
+from lepton_compile.errors import InputError
+
+
+def test_compile_and_save(tmp_path: Path, mlp_path: Path):
+    res = lepton_compile.compile(
+        mlp_path, input_shapes={"x": [4, 32]}, objective="latency", quick=True
+    )
+    assert res.baseline.id == "original-ort-cpu"
+    assert res.best in res.variants and res.best.status == "ok"
+    assert all(v.pareto for v in res.pareto) and res.pareto
+    assert res.report["objective"] == "latency"
+    assert res.model.inputs[0].shape == (4, 32)
+    out = res.save(tmp_path / "o")
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["best"]["id"] == res.best.id
+    assert {p.name for p in (out / "variants").iterdir()} >= {"original.onnx", "fused.onnx"}
+    sess = lepton_compile.load(out / "best.onnx")
+    y = sess.run({"x": np.ones((4, 32), np.float32)})["y"]
+    assert y.shape == (4, 8) and np.allclose(y.sum(-1), 1.0, atol=1e-4)
+
+
+def test_session_describes_its_options(mlp_path: Path):
+    sess = lepton_compile.load(mlp_path, graph_optimization_level="basic")
+    d = sess.describe()
+    assert d["backend"] == "ort" and d["providers"] == ["CPUExecutionProvider"]
+    assert d["session_options"]["graph_optimization_level"] == "basic"
+
+
+def test_bad_arguments_are_input_errors(mlp_path: Path):
+    with pytest.raises(InputError, match="objective"):
+        lepton_compile.compile(mlp_path, objective="speed")
+    with pytest.raises(InputError, match="max-accuracy-drop"):
+        lepton_compile.compile(mlp_path, max_accuracy_drop=2.0)
+    with pytest.raises(InputError, match="unknown recipe"):
+        lepton_compile.compile(mlp_path, recipes=["nope"])
+
+
+def test_user_inputs_drive_calibration_and_eval(tmp_path: Path, mlp_path: Path):
+    d = tmp_path / "data"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        np.savez(d / f"{i}.npz", x=rng.standard_normal((1, 32)).astype(np.float32))
+    res = lepton_compile.compile(
+        mlp_path, inputs_dir=d, recipes=["int8-qdq"], quick=True, eval_samples=2
+    )
+    assert res.report["inputs"]["eval_samples"] == 2
+    assert res.report["inputs"]["calibration_samples"] == 4
+    v = next(v for v in res.variants if v.id == "int8-qdq-ort-cpu")
+    assert v.fidelity is not None and v.fidelity.samples == 2
