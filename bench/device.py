@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import platform
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
