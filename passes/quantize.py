@@ -8,6 +8,7 @@ in-memory feeds, and a temporary directory so nothing half-written is left behin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -74,6 +75,18 @@ class Float16Pass(ir.passes.FunctionalPass):
         return ir.passes.PassResult(out, modified=True)
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantizer logs advice through the root logger; keep it off the console."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 class _FeedReader:
     """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
 
@@ -125,7 +138,7 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
         proto = _to_proto(model)
         if _default_opset(proto) < QDQ_MIN_OPSET:
             proto = version_converter.convert_version(proto, QDQ_MIN_OPSET)
-        with tempfile.TemporaryDirectory(prefix="lepton-q-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="lepton-q-") as tmp, _quiet_root_logger():
             src = Path(tmp) / "in.onnx"
             dst = Path(tmp) / "out.onnx"
             onnx.save(proto, src)
