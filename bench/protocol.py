@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from lepton_compile.bench.energy import EnergyReading, Meter
 from lepton_compile.bench.stats import Stats, summarize
@@ -40,8 +41,15 @@ class Protocol:
     min_runs_per_trial: int = 3
     max_runs_per_trial: int = 1000
     seed: int = 0
-    min_meter_periods: float = 10.0
+    # A real meter (NVML, RAPL) gets windows of at least this long and this many of its update
+    # periods: shorter windows read mostly quantization and sampling gaps (Zeus, Yang et al.).
+    real_meter_min_s: float = 5.0
+    min_meter_periods: float = 50.0
     jitter_s: float | None = None
+    # Idle power is measured once before the trials, over this long (real meters only), so
+    # both gross and above-idle energy per inference can be reported.
+    idle_s: float = 5.0
+    window_s_override: float | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -52,6 +60,10 @@ class Protocol:
             raise ValueError("need 1 <= min_runs_per_trial <= max_runs_per_trial")
         if self.min_meter_periods < 0 or (self.jitter_s is not None and self.jitter_s < 0):
             raise ValueError("min_meter_periods and jitter_s must be >= 0")
+        if self.real_meter_min_s < 0 or self.idle_s < 0:
+            raise ValueError("real_meter_min_s and idle_s must be >= 0")
+        if self.window_s_override is not None and self.window_s_override <= 0:
+            raise ValueError("window_s_override must be > 0")
 
     @classmethod
     def quick(cls) -> Protocol:
@@ -63,13 +75,20 @@ class Protocol:
             min_trial_s=0.05,
             min_runs_per_trial=2,
             max_runs_per_trial=200,
+            real_meter_min_s=0.3,
             min_meter_periods=3.0,
+            idle_s=0.3,
         )
 
     def window_s(self, meter: Meter) -> float:
         """Minimum seconds per variant per trial with this meter."""
+        if self.window_s_override is not None:
+            return self.window_s_override
+        if not is_real_meter(meter):
+            # The estimate integrates this process's CPU time, which has no refresh period.
+            return self.min_trial_s
         period = meter.update_period_s or 0.0
-        return max(self.min_trial_s, self.min_meter_periods * period)
+        return max(self.min_trial_s, self.real_meter_min_s, self.min_meter_periods * period)
 
     def pause_s(self, meter: Meter) -> float:
         """Upper bound of the random pause before each window with this meter."""
@@ -80,6 +99,37 @@ class Protocol:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def is_real_meter(meter: Meter) -> bool:
+    return meter.name in ("nvml", "rapl")
+
+
+class WindowRunner(TypingProtocol):
+    """Something that can be warmed up and timed over a window: a local callable, or a
+    variant served by an isolated worker process (which reads its own meter)."""
+
+    def warmup(self, p: Protocol) -> None: ...
+
+    def window(
+        self, window_s: float, p: Protocol
+    ) -> tuple[list[float], float, EnergyReading | None, str | None]: ...
+
+
+class LocalRunner:
+    """A callable measured in this process with ``meter``."""
+
+    def __init__(self, fn: Callable[[], object], meter: Meter):
+        self.fn = fn
+        self.meter = meter
+
+    def warmup(self, p: Protocol) -> None:
+        run_warmup(self.fn, p)
+
+    def window(
+        self, window_s: float, p: Protocol
+    ) -> tuple[list[float], float, EnergyReading | None, str | None]:
+        return run_window(self.fn, self.meter, window_s, p)
 
 
 @dataclass
@@ -103,6 +153,8 @@ class Measurement:
     protocol: Protocol
     error: str | None = None
     energy_errors: list[str] = field(default_factory=list)
+    energy_above_idle_j: Stats | None = None
+    idle_watts: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -135,6 +187,16 @@ class Measurement:
                 "ci95": num(en.ci95) if en else None,
                 "method": self.energy_method,
                 "n": en.n if en else 0,
+                "gross": True,
+                "above_idle": (
+                    {
+                        "per_inference": num(self.energy_above_idle_j.mean),
+                        "ci95": num(self.energy_above_idle_j.ci95),
+                        "idle_watts": self.idle_watts,
+                    }
+                    if self.energy_above_idle_j is not None
+                    else None
+                ),
                 "meter": self.meter,
             },
             "protocol": {
@@ -166,13 +228,14 @@ class _Acc:
     windows: list[float] = field(default_factory=list)
     energy_errors: list[str] = field(default_factory=list)
     error: str | None = None
+    above_idle: list[float] = field(default_factory=list)
 
 
 def _describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _warmup(fn: Callable[[], object], p: Protocol) -> None:
+def run_warmup(fn: Callable[[], object], p: Protocol) -> None:
     # Both minimums: the first runs pay for allocation and kernel selection, and a time floor
     # lets clocks and caches settle for fast callables.
     start = time.perf_counter()
@@ -184,7 +247,7 @@ def _warmup(fn: Callable[[], object], p: Protocol) -> None:
         n += 1
 
 
-def _window(
+def run_window(
     fn: Callable[[], object], meter: Meter, window_s: float, p: Protocol
 ) -> tuple[list[float], float, EnergyReading | None, str | None]:
     """Run fn until the window and the minimum runs are reached.
@@ -220,11 +283,27 @@ def _window(
     return lat, elapsed_s, reading, energy_error
 
 
+def measure_idle(meter: Meter, p: Protocol) -> float | None:
+    """Idle power in watts over ``p.idle_s``, for real meters; None for the estimate (it counts
+    this process's CPU time, which is zero at idle by construction) or when reading fails."""
+    if not is_real_meter(meter) or p.idle_s <= 0:
+        return None
+    try:
+        token = meter.begin()
+        time.sleep(max(p.idle_s, (meter.update_period_s or 0.0) * 2))
+        reading = meter.end(token)
+    except Exception as e:
+        log.warning("idle power not measured: %s", _describe_error(e))
+        return None
+    return reading.joules / reading.seconds if reading.seconds > 0 else None
+
+
 def measure(
-    runners: Mapping[str, Callable[[], object]],
+    runners: Mapping[str, Callable[[], object] | WindowRunner],
     meter: Meter,
     protocol: Protocol,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Measurement]:
     """Measure every runner's latency and energy per call under ``protocol``.
 
@@ -232,9 +311,15 @@ def measure(
     warmed up, then measured in ``protocol.trials`` trials; in each trial every variant gets one
     window, in an order shuffled with ``protocol.seed``. A runner that raises is recorded as
     failed (``error``) and left out of later trials; the others go on. ``progress`` is called
-    as (variant_id, trial_index from 0, trials) before each window.
+    as (variant_id, trial_index from 0, trials) before each window. ``deadline`` (a
+    ``time.perf_counter()`` value) stops starting new trials once two are done and it passed;
+    each Measurement says how many trials it got.
     """
     ids = list(runners)
+    wrapped: dict[str, WindowRunner] = {
+        vid: r if hasattr(r, "window") else LocalRunner(r, meter)  # type: ignore[arg-type]
+        for vid, r in runners.items()
+    }
     order_rng = random.Random(protocol.seed)
     pause_rng = random.Random(protocol.seed + 1)  # separate, so pausing does not change orders
     window_s = protocol.window_s(meter)
@@ -243,13 +328,17 @@ def measure(
 
     for vid in ids:
         try:
-            _warmup(runners[vid], protocol)
+            wrapped[vid].warmup(protocol)
         except Exception as e:
             acc[vid].error = f"warm-up: {_describe_error(e)}"
             log.warning("variant %s failed: %s", vid, acc[vid].error)
 
     gc.collect()  # once, after warm-up: the full collection's cost stays out of every window
+    idle_w = measure_idle(meter, protocol)
     for trial in range(protocol.trials):
+        if deadline is not None and trial >= 2 and time.perf_counter() > deadline:
+            log.warning("time budget spent: stopped after %d of %d trials", trial, protocol.trials)
+            break
         order = [vid for vid in ids if acc[vid].error is None]
         order_rng.shuffle(order)
         for vid in order:
@@ -262,17 +351,19 @@ def measure(
             gc.collect(1)
             a = acc[vid]
             try:
-                lat, elapsed_s, reading, energy_error = _window(
-                    runners[vid], meter, window_s, protocol
+                lat, elapsed_s, reading, energy_error = wrapped[vid].window(window_s, protocol)
+            except Exception as e:  # a local runner's error, or an isolated worker's crash
+                a.error = (
+                    f"trial {trial}: {e if isinstance(e, _RunnerFailed) else _describe_error(e)}"
                 )
-            except _RunnerFailed as e:
-                a.error = f"trial {trial}: {e}"
                 log.warning("variant %s failed: %s", vid, a.error)
                 continue
             a.latencies.append(lat)
             a.windows.append(elapsed_s if reading is None else reading.seconds)
             if reading is not None:
                 a.energy.append(reading.joules / len(lat))
+                if idle_w is not None:
+                    a.above_idle.append((reading.joules - idle_w * reading.seconds) / len(lat))
             if energy_error is not None:
                 a.energy_errors.append(f"trial {trial}: {energy_error}")
                 log.warning("energy meter failed for %s in trial %d: %s", vid, trial, energy_error)
@@ -300,6 +391,8 @@ def measure(
             protocol=protocol,
             error=a.error,
             energy_errors=a.energy_errors,
+            energy_above_idle_j=summarize(a.above_idle) if ok and a.above_idle else None,
+            idle_watts=idle_w,
         )
         if ok and latency is not None:
             log.debug(

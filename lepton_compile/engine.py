@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,9 +20,15 @@ from lepton_compile import recipes as recipe_lib
 from lepton_compile.bench.energy import get_meter
 from lepton_compile.bench.protocol import Measurement, Protocol, measure
 from lepton_compile.bench.stats import Stats
-from lepton_compile.errors import InputError, LeptonError, NotSupported
+from lepton_compile.errors import InputError
 from lepton_compile.runtime import get_backend
-from lepton_compile.runtime.base import Session
+from lepton_compile.worker import (
+    DEFAULT_TIMEOUT_S,
+    VariantWorker,
+    WorkerError,
+    WorkerRunner,
+    default_memory_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +125,6 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def _run_all(sess: Session, feeds: Sequence[Mapping[str, Any]]) -> list[dict]:
-    return [sess.run(f) for f in feeds]
-
-
 @dataclass
 class CompileResult:
     """What ``compile`` returns: the variants, the pick, the frontier and the report."""
@@ -198,7 +201,7 @@ def compile(
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     objective: str = "energy",
-    recipes: Sequence[str] | None = None,
+    recipes: Sequence[str | recipe_lib.Recipe] | None = None,
     backends: Sequence[str] = ("ort",),
     device: str = "auto",
     inputs_dir: str | Path | None = None,
@@ -208,147 +211,172 @@ def compile(
     cpu_watts: float | None = None,
     protocol: Protocol | None = None,
     quick: bool = False,
+    window_s: float | None = None,
     calibration_samples: int = 16,
     eval_samples: int = 16,
     seed: int = 0,
+    isolate: bool = True,
+    variant_timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_limit_bytes: int | None = None,
+    budget_s: float | None = None,
     observer: Observer | None = None,
 ) -> CompileResult:
     """Build, verify and measure variants of ``model``; pick the best for ``objective``.
 
-    Raises ``InputError`` on bad input (exit code 2 in the CLI) before anything is written.
+    Each variant runs in its own worker process (``isolate=False`` keeps them in this
+    process), with ``variant_timeout_s`` per step and ``memory_limit_bytes`` of address space
+    (default: 80% of physical memory). ``budget_s`` bounds the whole search: what did not fit
+    is reported as skipped. Raises ``InputError`` on bad input (exit code 2 in the CLI)
+    before anything is written.
     """
     obs = observer or Observer()
     if objective not in search.OBJECTIVES:
         raise InputError(f"--objective must be one of {', '.join(search.OBJECTIVES)}")
     if not 0.0 <= max_accuracy_drop <= 1.0:
         raise InputError("--max-accuracy-drop must be between 0 and 1 (or 0% and 100%)")
+    if window_s is not None and window_s <= 0:
+        raise InputError("--window-s must be positive")
     t_start = time.perf_counter()
     chosen = recipe_lib.resolve(recipes)
     obs.stage("loading model")
     loaded = intake.load_model(model, input_shapes)
     feeds = inputs.prepare(loaded, inputs_dir, calibration_samples, eval_samples, seed)
-    gpu_wanted = device == "cuda" or (
-        device == "auto" and any("cuda" in _backend_devices(b) for b in backends)
-    )
+    targets = _targets(backends, device)
+    meter_device = "cuda" if any(d == "cuda" for _, d in targets) else "cpu"
     try:
-        meter_obj = get_meter(meter, device="cuda" if gpu_wanted else "cpu", cpu_watts=cpu_watts)
+        meter_obj = get_meter(meter, device=meter_device, cpu_watts=cpu_watts)
     except ValueError as e:
         raise InputError(f"--meter {meter}: {e}") from None
     proto = protocol or (Protocol.quick() if quick else Protocol())
+    if window_s is not None:
+        proto = dataclasses.replace(proto, window_s_override=window_s)
+    mem = memory_limit_bytes if memory_limit_bytes is not None else default_memory_limit()
 
-    # Reference outputs: the original, executed as literally as possible.
-    ref_backend = get_backend("ort")
-    try:
-        ref_sess = ref_backend.load(
-            loaded.path, device="cpu", options={"graph_optimization_level": "disable"}
-        )
-        reference = _run_all(ref_sess, feeds.eval)
-    except NotSupported as e:
-        raise InputError(f"{loaded.path.name}: unsupported op: {e}") from None
-    except Exception as e:
-        raise InputError(
-            f"{loaded.path.name}: the original model does not run on the inputs "
-            f"({_one_line(e)}); check --input-shape or pass real inputs with --inputs DIR"
-        ) from None
-    del ref_sess
+    def over_budget() -> bool:
+        return budget_s is not None and time.perf_counter() - t_start > budget_s
 
     tmp = tempfile.TemporaryDirectory(prefix="lepton-")
     work = Path(tmp.name)
-    variants: list[VariantResult] = []
-    built: dict[str, tuple[Path | None, dict, str]] = {}
-
-    obs.stage("building variants", total=len(chosen))
-    uses_external = _uses_external_data(loaded.path)
-    for r in chosen:
-        t0 = time.perf_counter()
-        art = work / "variants" / f"{r.name}.onnx"
+    variants = [VariantResult(f"{r.name}-{b}-{d}", r, b, d) for b, d in targets for r in chosen]
+    baseline = variants[0]
+    workers = {
+        v.id: VariantWorker(v.id, isolate=isolate, timeout_s=variant_timeout_s, memory_limit=mem)
+        for v in variants
+    }
+    try:
+        # Reference outputs: the original on onnxruntime's CPU provider with its graph
+        # optimizations off, so that no runtime rewrite stands between the model and the truth.
+        ref = workers[baseline.id]
         try:
-            if r.name == "original":
-                _copy_original(loaded.path, art, uses_external)
-                steps: list[dict] = []
-            else:
-                m, steps = recipe_lib.build(r, loaded.model, feeds.calibration)
-                intake.check(m, Path(f"{r.name} variant"))
-                save_model(m, art)
-            built[r.name] = (
-                art,
-                {"seconds": round(time.perf_counter() - t0, 3), "steps": steps},
-                "",
+            ref.call(
+                "load", str(loaded.path), "ort", "cpu", {"graph_optimization_level": "disable"}
             )
-        except LeptonError as e:
-            built[r.name] = (None, {"seconds": round(time.perf_counter() - t0, 3)}, str(e))
-        except Exception as e:
-            log.debug("build of %s failed", r.name, exc_info=True)
-            built[r.name] = (None, {"seconds": round(time.perf_counter() - t0, 3)}, _one_line(e))
-        obs.advance(r.name)
-
-    # Variants: recipes x backends x devices.
-    for bname in backends:
-        avail = _backend_devices(bname)
-        devs = _pick_device(avail, device)
-        if not devs:
+            reference = ref.call("run", feeds.eval)
+        except WorkerError as e:
+            if e.kind == "unsupported":
+                raise InputError(f"{loaded.path.name}: unsupported op: {e.reason}") from None
             raise InputError(
-                f"backend {bname!r} cannot use device {device!r} here "
-                f"(available: {', '.join(avail)})"
-            )
-        for dev in devs:
-            for r in chosen:
-                art, build_info, err = built[r.name]
-                v = VariantResult(f"{r.name}-{bname}-{dev}", r, bname, dev, build=build_info)
-                variants.append(v)
-                if art is None:
-                    v.fail("failed", f"build: {err}")
-                    continue
-                v.artifact = art
-                v.size_bytes = art.stat().st_size + (
-                    art.with_name(art.name + ".data").stat().st_size
-                    if art.with_name(art.name + ".data").exists()
-                    else 0
+                f"{loaded.path.name}: the original model does not run on the inputs "
+                f"({e.reason}); check --input-shape or pass real inputs with --inputs DIR"
+            ) from None
+
+        static_path = work / "static.onnx"
+        if any(r.name != "original" for r in chosen):
+            save_model(loaded.model, static_path)
+        obs.stage("building variants", total=len(chosen))
+        uses_external = _uses_external_data(loaded.path)
+        artifacts: dict[str, tuple[Path | None, dict[str, Any], str]] = {}
+        for r in chosen:
+            t0 = time.perf_counter()
+            art = work / "variants" / f"{r.name}.onnx"
+            builder = workers[next(v.id for v in variants if v.recipe is r)]
+            try:
+                if r.name == "original":
+                    _copy_original(loaded.path, art, uses_external)
+                    steps: list[dict] = []
+                elif over_budget():
+                    raise WorkerError(
+                        f"not built: the --budget-s of {budget_s:g} s was spent", "budget"
+                    )
+                else:
+                    steps = builder.call("build", r, str(static_path), feeds.calibration, str(art))
+                info = {"seconds": round(time.perf_counter() - t0, 3), "steps": steps}
+                artifacts[r.name] = (art, info, "")
+            except WorkerError as e:
+                info = {"seconds": round(time.perf_counter() - t0, 3)}
+                artifacts[r.name] = (
+                    None,
+                    info,
+                    e.reason if e.kind == "budget" else f"build: {e.reason}",
                 )
+            obs.advance(r.name)
+        for v in variants:
+            art, info, err = artifacts[v.recipe.name]
+            v.build = info
+            if art is None:
+                v.fail("skipped" if "budget" in err else "failed", err)
+                continue
+            v.artifact = art
+            data = art.with_name(art.name + ".data")
+            v.size_bytes = art.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
-    baseline = next(v for v in variants if v.recipe.name == "original")
+        obs.stage("verifying", total=len(variants))
+        for v in variants:
+            if v.status != "pending":
+                obs.advance(v.id)
+                continue
+            if over_budget() and v is not baseline:
+                v.fail("skipped", f"not verified: the --budget-s of {budget_s:g} s was spent")
+                obs.advance(v.id)
+                continue
+            assert v.artifact is not None
+            w = workers[v.id]
+            try:
+                v.session = w.call("load", str(v.artifact), v.backend, v.device, {})
+                outs = w.call("run", feeds.eval)
+            except WorkerError as e:
+                v.fail("skipped" if e.kind == "unsupported" else "failed", f"run: {e.reason}")
+                obs.advance(v.id)
+                continue
+            v.fidelity = accuracy.compare(reference, outs, loaded.score_outputs, max_accuracy_drop)
+            if v.fidelity.passed:
+                v.status = "ok"
+            else:
+                v.fail("rejected", v.fidelity.reason)
+            obs.advance(v.id)
+        if baseline.status != "ok":
+            raise InputError(
+                f"{loaded.path.name}: the original model fails on the default backend: "
+                f"{baseline.reason}"
+            )
 
-    obs.stage("verifying", total=len(variants))
-    sessions: dict[str, Session] = {}
-    for v in variants:
-        if v.status != "pending":
-            obs.advance(v.id)
-            continue
-        assert v.artifact is not None
-        try:
-            sess = get_backend(v.backend).load(v.artifact, device=v.device)
-            v.session = sess.describe()
-            outs = _run_all(sess, feeds.eval)
-        except NotSupported as e:
-            v.fail("skipped", str(e))
-            obs.advance(v.id)
-            continue
-        except Exception as e:
-            v.fail("failed", f"run: {_one_line(e)}")
-            obs.advance(v.id)
-            continue
-        v.fidelity = accuracy.compare(reference, outs, loaded.score_outputs, max_accuracy_drop)
-        if v.fidelity.passed:
-            v.status = "ok"
-            sessions[v.id] = sess
-        else:
-            v.fail("rejected", v.fidelity.reason)
-        obs.advance(v.id)
-    if baseline.status != "ok":
-        raise InputError(
-            f"{loaded.path.name}: the original model fails on the default backend: "
-            f"{baseline.reason}"
+        measured = [v for v in variants if v.status == "ok"]
+        runners: dict[str, WorkerRunner] = {}
+        for v in measured:
+            try:
+                workers[v.id].call(
+                    "set_measurement",
+                    feeds.eval[0],
+                    meter_obj.name if meter_obj.name != "estimated" else "estimate",
+                    v.device,
+                    cpu_watts,
+                )
+                runners[v.id] = WorkerRunner(workers[v.id], variant_timeout_s)
+            except WorkerError as e:
+                v.fail("failed", f"meter: {e.reason}")
+        obs.stage("measuring", total=len(runners) * proto.trials)
+        deadline = None if budget_s is None else t_start + budget_s
+        results = measure(
+            runners,
+            meter_obj,
+            proto,
+            deadline=deadline,
+            progress=lambda vid, i, n: obs.advance(f"{vid} trial {i + 1}/{n}"),
         )
+    finally:
+        for w in workers.values():
+            w.close()
 
-    obs.stage("measuring", total=len(sessions) * proto.trials)
-    feed = feeds.eval[0]
-    runners = {vid: (lambda s=s: s.run(feed)) for vid, s in sessions.items()}
-    results = measure(
-        runners,
-        meter_obj,
-        proto,
-        progress=lambda vid, i, n: obs.advance(f"{vid} trial {i + 1}/{n}"),
-    )
     for v in variants:
         mres = results.get(v.id)
         if mres is None:
@@ -357,12 +385,11 @@ def compile(
             v.fail("failed", f"measure: {mres.error}")
             continue
         v.measurement = mres
-        if max_latency_ms is not None and mres.latency_ms.mean > max_latency_ms:
+        if max_latency_ms is not None and mres.latency_ms and mres.latency_ms.mean > max_latency_ms:
             v.fail(
                 "rejected",
                 f"latency {mres.latency_ms.mean:.3f} ms > --max-latency-ms {max_latency_ms:g}",
             )
-    sessions.clear()
 
     front = set(search.pareto_front(variants))
     for v in variants:
@@ -377,12 +404,7 @@ def compile(
         if not ok:
             best, pick_reason = baseline, "nothing met the constraints"
         else:
-            key = {
-                "energy": lambda v: v.energy.mean,
-                "latency": lambda v: v.latency.mean,
-                "size": lambda v: v.size_bytes,
-            }[objective]
-            best = min(ok, key=key)
+            best = min(ok, key=lambda v: _objective_value(v, objective))
             pick_reason = "the original did not meet the constraints; best that did"
     obs.done()
 
@@ -401,5 +423,33 @@ def compile(
         max_accuracy_drop=max_accuracy_drop,
         wall_s=time.perf_counter() - t_start,
         constraints_met=best.status == "ok",
+        isolation={
+            "isolated": isolate,
+            "variant_timeout_s": variant_timeout_s,
+            "memory_limit_bytes": mem,
+            "budget_s": budget_s,
+        },
     )
     return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
+
+
+def _objective_value(v: VariantResult, objective: str) -> float:
+    if objective == "energy" and v.energy:
+        return v.energy.mean
+    if objective == "latency" and v.latency:
+        return v.latency.mean
+    return float(v.size_bytes)
+
+
+def _targets(backends: Sequence[str], device: str) -> list[tuple[str, str]]:
+    out = []
+    for bname in backends:
+        avail = _backend_devices(bname)
+        devs = _pick_device(avail, device)
+        if not devs:
+            raise InputError(
+                f"backend {bname!r} cannot use device {device!r} here "
+                f"(available: {', '.join(avail)})"
+            )
+        out.extend((bname, d) for d in devs)
+    return out

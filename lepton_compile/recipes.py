@@ -18,7 +18,9 @@ class Recipe:
     """How to build one candidate model from the original.
 
     ``pipeline`` names a pass pipeline of ``lepton_compile.passes``; ``precision_pass`` a
-    precision step run after it (``fp16`` or ``int8-static``) with ``options``.
+    precision step run after it (``fp16`` or ``int8-static``) with ``options``; ``custom_step``
+    (``"package.module:function"``, ModelProto in, ModelProto out) runs last, for steps of
+    your own. Recipes are picklable data: they travel to the variant's worker process.
     """
 
     name: str
@@ -28,6 +30,7 @@ class Recipe:
     precision_pass: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     needs_calibration: bool = False
+    custom_step: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -36,6 +39,7 @@ class Recipe:
             "pipeline": self.pipeline,
             "precision_pass": self.precision_pass,
             "options": dict(self.options),
+            **({"custom_step": self.custom_step} if self.custom_step else {}),
         }
 
 
@@ -70,15 +74,19 @@ RECIPES: dict[str, Recipe] = {
 DEFAULT_RECIPES = ("original", "fused", "fp16", "int8-qdq")
 
 
-def resolve(names: Sequence[str] | None) -> list[Recipe]:
-    """Recipes by name; ``original`` is always included first (it is the baseline)."""
-    names = list(names or DEFAULT_RECIPES)
-    unknown = [n for n in names if n not in RECIPES]
+def resolve(names: Sequence[str | Recipe] | None) -> list[Recipe]:
+    """Recipes by name (or given as Recipe objects); ``original`` always comes first."""
+    items = list(names or DEFAULT_RECIPES)
+    unknown = [n for n in items if isinstance(n, str) and n not in RECIPES]
     if unknown:
         raise InputError(f"unknown recipe(s) {', '.join(unknown)} (known: {', '.join(RECIPES)})")
-    if "original" in names:
-        names.remove("original")
-    return [RECIPES["original"]] + [RECIPES[n] for n in dict.fromkeys(names)]
+    out: dict[str, Recipe] = {"original": RECIPES["original"]}
+    for n in items:
+        r = RECIPES[n] if isinstance(n, str) else n
+        if r.name in out and out[r.name] != r:
+            raise InputError(f"two different recipes are named {r.name!r}")
+        out[r.name] = r
+    return list(out.values())
 
 
 def build(
@@ -107,7 +115,23 @@ def build(
         result = p(ir.serde.deserialize_model(current))
         current = ir.serde.serialize_model(result.model)
         records.append({"name": recipe.precision_pass, "modified": result.modified})
+    if recipe.custom_step:
+        fn = _import_step(recipe.custom_step)
+        out = fn(current)
+        if not isinstance(out, onnx.ModelProto):
+            raise TypeError(f"{recipe.custom_step} returned {type(out).__name__}, not a ModelProto")
+        current = out
+        records.append({"name": recipe.custom_step, "modified": True})
     return current, records
+
+
+def _import_step(spec: str) -> Any:
+    import importlib
+
+    mod, _, attr = spec.partition(":")
+    if not mod or not attr:
+        raise ValueError(f"custom_step {spec!r}: expected 'package.module:function'")
+    return getattr(importlib.import_module(mod), attr)
 
 
 def _record(r: Any) -> dict:

@@ -63,6 +63,7 @@ def build_report(
     max_accuracy_drop: float,
     wall_s: float,
     constraints_met: bool,
+    isolation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     providers = sorted({p for v in variants for p in v.session.get("providers", [])})
     meter_desc = meter.describe()
@@ -87,6 +88,7 @@ def build_report(
             "protocol": protocol.to_dict() if hasattr(protocol, "to_dict") else vars(protocol),
             "feed": "first held-out eval sample, same for every variant",
             "reference": "original model on onnxruntime CPU with graph optimizations disabled",
+            "isolation": isolation or {},
             "selection": "a variant is preferred only when its 95% CI does not overlap the "
             "original's on the objective, and it is not slower or hungrier beyond noise",
         },

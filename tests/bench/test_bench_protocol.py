@@ -48,6 +48,8 @@ def exact(trials: int = 4, runs: int = 5, warmup: int = 2, seed: int = 0) -> Pro
         max_runs_per_trial=runs,
         seed=seed,
         jitter_s=0.0,
+        real_meter_min_s=0.0,
+        idle_s=0.0,
     )
 
 
@@ -175,8 +177,11 @@ def test_meter_failure_keeps_latency() -> None:
 
 def test_window_and_pause_follow_the_meter() -> None:
     p = Protocol()
-    assert p.window_s(FakeMeter(update_period_s=None)) == p.min_trial_s
-    assert p.window_s(FakeMeter(update_period_s=0.1)) == pytest.approx(1.0)  # 10 NVML periods
+    # A real meter: at least max(5 s, 50 update periods); the estimate: the trial minimum.
+    assert p.window_s(FakeMeter(update_period_s=None)) == pytest.approx(5.0)
+    assert p.window_s(FakeMeter(update_period_s=0.2)) == pytest.approx(10.0)
+    assert p.window_s(EstimateMeter(cpu_model="X")) == p.min_trial_s
+    assert Protocol(window_s_override=0.7).window_s(FakeMeter()) == pytest.approx(0.7)
     assert p.pause_s(FakeMeter(update_period_s=0.1)) == pytest.approx(0.1)
     assert p.pause_s(FakeMeter(update_period_s=0.001)) == 0.0
     assert Protocol(jitter_s=0.0).pause_s(FakeMeter(update_period_s=0.1)) == 0.0
@@ -204,3 +209,52 @@ def test_protocol_validation() -> None:
         Protocol(trials=0)
     with pytest.raises(ValueError):
         Protocol(min_runs_per_trial=10, max_runs_per_trial=5)
+
+
+class IdleMeter(FakeMeter):
+    """2 W at idle; each measured window reads 1 J over 0.1 s."""
+
+    def __init__(self) -> None:
+        super().__init__("rapl", joules=1.0)
+        self.calls = 0
+
+    def end(self, token: int) -> EnergyReading:
+        self.calls += 1
+        if self.calls == 1:  # the idle window comes first
+            return EnergyReading(0.2, 0.1, self.name, {})
+        return EnergyReading(1.0, 0.1, self.name, {})
+
+
+def test_idle_power_gives_above_idle_energy() -> None:
+    p = Protocol(
+        warmup_runs=0,
+        warmup_s=0.0,
+        trials=2,
+        min_trial_s=0.0,
+        min_runs_per_trial=4,
+        max_runs_per_trial=4,
+        jitter_s=0.0,
+        real_meter_min_s=0.0,
+        idle_s=0.001,
+    )
+    res = measure({"x": lambda: None}, IdleMeter(), p)["x"]
+    assert res.idle_watts == pytest.approx(2.0)
+    assert res.energy_j is not None and res.energy_j.mean == pytest.approx(0.25)  # 1 J / 4 runs
+    assert res.energy_above_idle_j is not None
+    assert res.energy_above_idle_j.mean == pytest.approx((1.0 - 2.0 * 0.1) / 4)
+    d = res.to_dict()["energy_j"]
+    assert d["gross"] is True and d["above_idle"]["idle_watts"] == pytest.approx(2.0)
+
+
+def test_estimate_has_no_idle_figure() -> None:
+    p = Protocol(
+        warmup_runs=0,
+        warmup_s=0.0,
+        trials=2,
+        min_trial_s=0.0,
+        min_runs_per_trial=2,
+        max_runs_per_trial=2,
+        jitter_s=0.0,
+    )
+    res = measure({"x": lambda: None}, EstimateMeter(cpu_model="X"), p)["x"]
+    assert res.idle_watts is None and res.to_dict()["energy_j"]["above_idle"] is None

@@ -1,0 +1,281 @@
+"""Variant workers: build, verify and measure one variant, in a child process by default.
+
+A variant that crashes its backend (a segfault in a kernel), hangs, or eats all memory must
+not take the run down with it. Each variant gets a worker process (``spawn``, so no inherited
+runtime threads) with an address-space limit; every request to it has a deadline. A crash,
+a hang or an out-of-memory becomes a ``WorkerError`` whose reason says which it was, and the
+search records that variant as failed and goes on.
+
+Measurement stays interleaved across variants: the parent drives the trials and asks each
+worker, in turn, for one timed window; the worker reads its own energy meter (the estimate
+integrates the worker's CPU time, which is exactly that variant's inference work).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 900.0
+
+
+class WorkerError(Exception):
+    """The worker could not do what was asked: crashed, timed out, ran out of memory, or raised."""
+
+    def __init__(self, reason: str, kind: str = "error"):
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # error | crash | timeout | oom | unsupported
+
+
+def default_memory_limit() -> int | None:
+    """80% of physical memory: a runaway variant is stopped before the machine starts to swap."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class _Handler:
+    """The work itself; runs in the child (or in this process when isolation is off)."""
+
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.feed: dict[str, np.ndarray] | None = None
+        self.meter: Any = None
+
+    def build(
+        self,
+        recipe: Any,
+        model_path: str,
+        calibration: Sequence[Mapping[str, np.ndarray]],
+        out_path: str,
+    ) -> list[dict]:
+        import onnx
+
+        from lepton_compile import intake, recipes
+        from lepton_compile.engine import save_model
+
+        model = onnx.load(model_path, load_external_data=True)
+        built, steps = recipes.build(recipe, model, calibration)
+        intake.check(built, Path(f"{recipe.name} variant"))
+        save_model(built, Path(out_path))
+        return steps
+
+    def load(self, path: str, backend: str, device: str, options: Mapping[str, Any]) -> dict:
+        from lepton_compile.runtime import get_backend
+
+        self.session = None
+        self.session = get_backend(backend).load(Path(path), device=device, options=options)
+        return self.session.describe()
+
+    def run(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return [self.session.run(f) for f in feeds]
+
+    def set_measurement(
+        self, feed: Mapping[str, np.ndarray], meter: str, device: str, cpu_watts: float | None
+    ) -> dict:
+        from lepton_compile.bench.energy import get_meter
+
+        self.feed = dict(feed)
+        self.meter = get_meter(meter, device=device, cpu_watts=cpu_watts)
+        return self.meter.describe()
+
+    def _fn(self) -> Any:
+        sess, feed = self.session, self.feed
+        return lambda: sess.run(feed)
+
+    def warmup(self, protocol: Any) -> None:
+        from lepton_compile.bench.protocol import run_warmup
+
+        run_warmup(self._fn(), protocol)
+
+    def window(self, window_s: float, protocol: Any) -> tuple:
+        from lepton_compile.bench.protocol import run_window
+
+        return run_window(self._fn(), self.meter, window_s, protocol)
+
+
+def _serve(conn: Connection, memory_limit: int | None) -> None:
+    """Child main loop: (method, args) in, ("ok", result) | ("err", kind, text) out."""
+    if memory_limit:
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (ValueError, OSError):
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
+    handler = _Handler()
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        method, args = msg
+        try:
+            result = getattr(handler, method)(*args)
+            conn.send(("ok", result))
+        except MemoryError:
+            conn.send(("err", "oom", "out of memory"))
+        except BaseException as e:  # report everything; the parent decides
+            from lepton_compile.errors import NotSupported
+
+            kind = "unsupported" if isinstance(e, NotSupported) else "error"
+            text = _one_line(e)
+            log.debug("worker %s failed:\n%s", method, traceback.format_exc())
+            conn.send(("err", kind, text))
+
+
+def _one_line(e: BaseException) -> str:
+    from lepton_compile.errors import LeptonError
+
+    if isinstance(e, LeptonError):
+        return str(e)
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    if "bad_alloc" in text or "Failed to allocate" in text:
+        return "out of memory"
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+class VariantWorker:
+    """One variant's worker. ``isolate=False`` runs the same code in this process."""
+
+    def __init__(
+        self,
+        name: str,
+        isolate: bool = True,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_limit: int | None = None,
+    ):
+        self.name = name
+        self.isolate = isolate
+        self.timeout_s = timeout_s
+        self.memory_limit = memory_limit
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._local = _Handler() if not isolate else None
+        self.dead: str | None = None
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(child, self.memory_limit),
+            name=f"lepton-{self.name}",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if self.dead:
+            raise WorkerError(self.dead, "crash")
+        if self._local is not None:
+            try:
+                return getattr(self._local, method)(*args)
+            except MemoryError:
+                raise WorkerError("out of memory", "oom") from None
+            except Exception as e:
+                from lepton_compile.errors import NotSupported
+
+                kind = "unsupported" if isinstance(e, NotSupported) else "error"
+                raise WorkerError(_one_line(e), kind) from e
+        if self._proc is None:
+            self._start()
+        assert self._conn is not None
+        limit = timeout_s or self.timeout_s
+        try:
+            self._conn.send((method, args))
+        except (BrokenPipeError, OSError):
+            raise self._died() from None
+        start = time.monotonic()
+        while True:
+            if self._conn.poll(0.2):
+                try:
+                    reply = self._conn.recv()
+                except (EOFError, OSError):
+                    raise self._died() from None
+                break
+            if not self._proc.is_alive():
+                raise self._died()
+            if time.monotonic() - start > limit:
+                self.kill()
+                self.dead = f"{method} timed out after {limit:g} s"
+                raise WorkerError(self.dead, "timeout")
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, text = reply
+        raise WorkerError(text, kind)
+
+    def _died(self) -> WorkerError:
+        proc = self._proc
+        proc.join(timeout=5)
+        code = proc.exitcode
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = str(-code)
+            # The kernel's OOM killer and an address-space limit both end in SIGKILL/SIGSEGV.
+            kind = "oom" if sig == "SIGKILL" else "crash"
+            what = "killed (out of memory?)" if kind == "oom" else "crashed"
+            self.dead = f"worker {what}: signal {sig}"
+        else:
+            kind = "crash"
+            self.dead = f"worker exited unexpectedly (exit code {code})"
+        return WorkerError(self.dead, kind)
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.session = None
+            return
+        if self._proc is None:
+            return
+        try:
+            if self._proc.is_alive() and self._conn is not None:
+                self._conn.send(None)
+                self._proc.join(timeout=5)
+        except (BrokenPipeError, OSError):
+            pass
+        self.kill()
+        if self._conn is not None:
+            self._conn.close()
+
+
+class WorkerRunner:
+    """A worker as a ``bench.protocol.WindowRunner``: the parent interleaves, the child times."""
+
+    def __init__(self, worker: VariantWorker, window_timeout_s: float):
+        self.worker = worker
+        self.window_timeout_s = window_timeout_s
+
+    def warmup(self, p: Any) -> None:
+        self.worker.call("warmup", p, timeout_s=self.window_timeout_s)
+
+    def window(self, window_s: float, p: Any) -> tuple:
+        return self.worker.call(
+            "window", window_s, p, timeout_s=window_s * 20 + self.window_timeout_s
+        )
