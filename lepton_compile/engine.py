@@ -20,6 +20,7 @@ from lepton_compile import recipes as recipe_lib
 from lepton_compile.bench.energy import get_meter
 from lepton_compile.bench.protocol import Measurement, Protocol, measure
 from lepton_compile.bench.stats import Stats
+from lepton_compile.cached import VariantCache, inputs_fingerprint
 from lepton_compile.errors import InputError
 from lepton_compile.runtime import get_backend
 from lepton_compile.worker import (
@@ -67,6 +68,7 @@ class VariantResult:
     fidelity: accuracy.Fidelity | None = None
     measurement: Measurement | None = None
     pareto: bool = False
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
@@ -219,6 +221,8 @@ def compile(
     variant_timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_limit_bytes: int | None = None,
     budget_s: float | None = None,
+    cache: bool = True,
+    cache_path: str | Path | None = None,
     observer: Observer | None = None,
 ) -> CompileResult:
     """Build, verify and measure variants of ``model``; pick the best for ``objective``.
@@ -226,8 +230,9 @@ def compile(
     Each variant runs in its own worker process (``isolate=False`` keeps them in this
     process), with ``variant_timeout_s`` per step and ``memory_limit_bytes`` of address space
     (default: 80% of physical memory). ``budget_s`` bounds the whole search: what did not fit
-    is reported as skipped. Raises ``InputError`` on bad input (exit code 2 in the CLI)
-    before anything is written.
+    is reported as skipped. ``cache`` reuses earlier results of the same model, inputs,
+    recipes, device and protocol (``lepton_compile.cached``). Raises ``InputError`` on bad
+    input (exit code 2 in the CLI) before anything is written.
     """
     obs = observer or Observer()
     if objective not in search.OBJECTIVES:
@@ -252,13 +257,169 @@ def compile(
         proto = dataclasses.replace(proto, window_s_override=window_s)
     mem = memory_limit_bytes if memory_limit_bytes is not None else default_memory_limit()
 
-    def over_budget() -> bool:
-        return budget_s is not None and time.perf_counter() - t_start > budget_s
-
     tmp = tempfile.TemporaryDirectory(prefix="lepton-")
     work = Path(tmp.name)
     variants = [VariantResult(f"{r.name}-{b}-{d}", r, b, d) for b, d in targets for r in chosen]
     baseline = variants[0]
+    from lepton_compile.bench.device import device_record
+
+    vcache = VariantCache(
+        cache,
+        cache_path,
+        {
+            "model_sha256": loaded.sha256,
+            "device_record": device_record(None),
+            "protocol": proto.to_dict(),
+            "input_shapes": {s.name: list(s.shape or ()) for s in loaded.inputs},
+            "inputs": inputs_fingerprint([*feeds.calibration, *feeds.eval]),
+            "max_accuracy_drop": max_accuracy_drop,
+            "meter": meter_obj.name,
+        },
+    )
+    try:
+        hits = {v.id: vcache.lookup(v) for v in variants}
+        if all(hits.values()):
+            # Everything of this exact run is cached: reuse it whole (figures of one run only).
+            obs.stage("reusing cached results", total=len(variants))
+            for v in variants:
+                hit = hits[v.id]
+                assert hit is not None
+                vcache.restore(v, hit, with_measurement=True)
+                v.artifact = work / "variants" / f"{v.recipe.name}.onnx"
+                v.artifact.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(hit["artifact_path"], v.artifact)
+                obs.advance(v.id)
+            results: dict[str, Measurement] = {}
+        else:
+            results = _run_variants(
+                loaded,
+                feeds,
+                chosen,
+                variants,
+                hits,
+                work,
+                proto,
+                meter_obj,
+                meter,
+                cpu_watts,
+                max_accuracy_drop,
+                isolate,
+                variant_timeout_s,
+                mem,
+                budget_s,
+                t_start,
+                obs,
+            )
+            for v in variants:
+                mres = results.get(v.id)
+                if mres is not None and mres.error:
+                    v.fail("failed", f"measure: {mres.error}")
+                elif mres is not None:
+                    v.measurement = mres
+                vcache.save(v)
+    finally:
+        vcache.close()
+
+    for v in variants:
+        if (
+            max_latency_ms is not None
+            and v.status == "ok"
+            and v.latency is not None
+            and v.latency.mean > max_latency_ms
+        ):
+            v.fail(
+                "rejected", f"latency {v.latency.mean:.3f} ms > --max-latency-ms {max_latency_ms:g}"
+            )
+
+    front = set(search.pareto_front(variants))
+    for v in variants:
+        v.pareto = v.id in front
+    if baseline.status == "ok":
+        pick = search.select(variants, baseline.id, objective)
+        best = next(v for v in variants if v.id == pick.id)
+        pick_reason = pick.reason
+    else:
+        # Only --max-latency-ms can reject the baseline; pick the best that met it, if any.
+        ok = [v for v in variants if v.status == "ok"]
+        if not ok:
+            best, pick_reason = baseline, "nothing met the constraints"
+        else:
+            best = min(ok, key=lambda v: _objective_value(v, objective))
+            pick_reason = "the original did not meet the constraints; best that did"
+    obs.done()
+
+    from lepton_compile import report as report_mod
+
+    rep = report_mod.build_report(
+        loaded=loaded,
+        feeds=feeds,
+        variants=variants,
+        baseline=baseline,
+        best=best,
+        pick_reason=pick_reason,
+        objective=objective,
+        meter=meter_obj,
+        protocol=proto,
+        max_accuracy_drop=max_accuracy_drop,
+        wall_s=time.perf_counter() - t_start,
+        constraints_met=best.status == "ok",
+        isolation={
+            "isolated": isolate,
+            "variant_timeout_s": variant_timeout_s,
+            "memory_limit_bytes": mem,
+            "budget_s": budget_s,
+        },
+    )
+    return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
+
+
+def _objective_value(v: VariantResult, objective: str) -> float:
+    if objective == "energy" and v.energy:
+        return v.energy.mean
+    if objective == "latency" and v.latency:
+        return v.latency.mean
+    return float(v.size_bytes)
+
+
+def _targets(backends: Sequence[str], device: str) -> list[tuple[str, str]]:
+    out = []
+    for bname in backends:
+        avail = _backend_devices(bname)
+        devs = _pick_device(avail, device)
+        if not devs:
+            raise InputError(
+                f"backend {bname!r} cannot use device {device!r} here "
+                f"(available: {', '.join(avail)})"
+            )
+        out.extend((bname, d) for d in devs)
+    return out
+
+
+def _run_variants(
+    loaded: intake.LoadedModel,
+    feeds: inputs.InputSet,
+    chosen: list[recipe_lib.Recipe],
+    variants: list[VariantResult],
+    hits: Mapping[str, dict[str, Any] | None],
+    work: Path,
+    proto: Protocol,
+    meter_obj: Any,
+    meter: str,
+    cpu_watts: float | None,
+    max_accuracy_drop: float,
+    isolate: bool,
+    variant_timeout_s: float,
+    mem: int | None,
+    budget_s: float | None,
+    t_start: float,
+    obs: Observer,
+) -> dict[str, Measurement]:
+    """Reference, build (reusing cached artifacts), verify and measure, in worker processes."""
+    baseline = variants[0]
+
+    def over_budget() -> bool:
+        return budget_s is not None and time.perf_counter() - t_start > budget_s
+
     workers = {
         v.id: VariantWorker(v.id, isolate=isolate, timeout_s=variant_timeout_s, memory_limit=mem)
         for v in variants
@@ -291,9 +452,16 @@ def compile(
             art = work / "variants" / f"{r.name}.onnx"
             builder = workers[next(v.id for v in variants if v.recipe is r)]
             try:
+                cached = next(
+                    (hits[v.id] for v in variants if v.recipe is r and hits.get(v.id)), None
+                )
                 if r.name == "original":
                     _copy_original(loaded.path, art, uses_external)
                     steps: list[dict] = []
+                elif cached is not None:
+                    art.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(cached["artifact_path"], art)
+                    steps = [{"name": "reused from the result cache", "modified": True}]
                 elif over_budget():
                     raise WorkerError(
                         f"not built: the --budget-s of {budget_s:g} s was spent", "budget"
@@ -366,7 +534,7 @@ def compile(
                 v.fail("failed", f"meter: {e.reason}")
         obs.stage("measuring", total=len(runners) * proto.trials)
         deadline = None if budget_s is None else t_start + budget_s
-        results = measure(
+        return measure(
             runners,
             meter_obj,
             proto,
@@ -376,80 +544,3 @@ def compile(
     finally:
         for w in workers.values():
             w.close()
-
-    for v in variants:
-        mres = results.get(v.id)
-        if mres is None:
-            continue
-        if mres.error:
-            v.fail("failed", f"measure: {mres.error}")
-            continue
-        v.measurement = mres
-        if max_latency_ms is not None and mres.latency_ms and mres.latency_ms.mean > max_latency_ms:
-            v.fail(
-                "rejected",
-                f"latency {mres.latency_ms.mean:.3f} ms > --max-latency-ms {max_latency_ms:g}",
-            )
-
-    front = set(search.pareto_front(variants))
-    for v in variants:
-        v.pareto = v.id in front
-    if baseline.status == "ok":
-        pick = search.select(variants, baseline.id, objective)
-        best = next(v for v in variants if v.id == pick.id)
-        pick_reason = pick.reason
-    else:
-        # Only --max-latency-ms can reject the baseline; pick the best that met it, if any.
-        ok = [v for v in variants if v.status == "ok"]
-        if not ok:
-            best, pick_reason = baseline, "nothing met the constraints"
-        else:
-            best = min(ok, key=lambda v: _objective_value(v, objective))
-            pick_reason = "the original did not meet the constraints; best that did"
-    obs.done()
-
-    from lepton_compile import report as report_mod
-
-    rep = report_mod.build_report(
-        loaded=loaded,
-        feeds=feeds,
-        variants=variants,
-        baseline=baseline,
-        best=best,
-        pick_reason=pick_reason,
-        objective=objective,
-        meter=meter_obj,
-        protocol=proto,
-        max_accuracy_drop=max_accuracy_drop,
-        wall_s=time.perf_counter() - t_start,
-        constraints_met=best.status == "ok",
-        isolation={
-            "isolated": isolate,
-            "variant_timeout_s": variant_timeout_s,
-            "memory_limit_bytes": mem,
-            "budget_s": budget_s,
-        },
-    )
-    return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
-
-
-def _objective_value(v: VariantResult, objective: str) -> float:
-    if objective == "energy" and v.energy:
-        return v.energy.mean
-    if objective == "latency" and v.latency:
-        return v.latency.mean
-    return float(v.size_bytes)
-
-
-def _targets(backends: Sequence[str], device: str) -> list[tuple[str, str]]:
-    out = []
-    for bname in backends:
-        avail = _backend_devices(bname)
-        devs = _pick_device(avail, device)
-        if not devs:
-            raise InputError(
-                f"backend {bname!r} cannot use device {device!r} here "
-                f"(available: {', '.join(avail)})"
-            )
-        out.extend((bname, d) for d in devs)
-    return out

@@ -40,6 +40,8 @@ def _variant_dict(v: VariantResult) -> dict[str, Any]:
         d["measurement"] = m["protocol"]
     if v.reason:
         d["reason"] = v.reason
+    if v.cache:
+        d["cache"] = v.cache
     return d
 
 

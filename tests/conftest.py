@@ -17,6 +17,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_result_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or fill the user's result cache."""
+    os.environ["LEPTON_CACHE"] = str(tmp_path_factory.mktemp("cache") / "results.sqlite")
+
+
 def light_models() -> list[Path]:
     return sorted(LIGHT_DIR.glob("light_*.onnx"))
 

@@ -59,3 +59,34 @@ def test_user_inputs_drive_calibration_and_eval(tmp_path: Path, mlp_path: Path):
     assert res.report["inputs"]["calibration_samples"] == 4
     v = next(v for v in res.variants if v.id == "int8-qdq-ort-cpu")
     assert v.fidelity is not None and v.fidelity.samples == 2
+
+
+def test_result_cache_reuses_a_whole_run(tmp_path: Path, mlp_path: Path):
+    db = tmp_path / "cache.sqlite"
+    cold = lepton_compile.compile(mlp_path, quick=True, cache_path=db, eval_samples=2)
+    warm = lepton_compile.compile(mlp_path, quick=True, cache_path=db, eval_samples=2)
+    assert not any(v.cache for v in cold.variants)
+    assert all(v.cache.get("measurement_reused") for v in warm.variants)
+    assert warm.best.id == cold.best.id
+    for a, b in zip(cold.variants, warm.variants, strict=True):
+        assert a.status == b.status and a.size_bytes == b.size_bytes
+        if a.latency:
+            assert b.latency is not None and a.latency.mean == b.latency.mean
+    out = warm.save(tmp_path / "o")
+    assert (out / "best.onnx").is_file()
+    # Another protocol is another key: nothing reused, measured anew.
+    other = lepton_compile.compile(
+        mlp_path,
+        cache_path=db,
+        eval_samples=2,
+        protocol=lepton_compile.engine.Protocol.quick().__class__(
+            trials=2, min_trial_s=0.01, warmup_s=0.0
+        ),
+    )
+    assert not any(v.cache for v in other.variants)
+
+
+def test_no_cache_stores_nothing(tmp_path: Path, mlp_path: Path):
+    db = tmp_path / "cache.sqlite"
+    lepton_compile.compile(mlp_path, quick=True, cache=False, cache_path=db, eval_samples=2)
+    assert not db.exists()

@@ -1,0 +1,137 @@
+"""Result-cache glue: which variant results can be reused, and how they are stored.
+
+A variant's key covers everything that makes its figures comparable: the model's bytes, the
+fixed input shapes and the eval/calibration inputs, the recipe, backend and device, the
+device record (``bench.device.record_key``), tool versions, the protocol and the accuracy
+constraint. Built artifacts are kept next to the database (``artifacts/<key>.onnx``).
+
+Measurements are only reused when EVERY variant of the run is in the cache: figures of one
+run are compared with figures of the same run, never mixed with fresh ones. A partial hit
+reuses the built artifacts (the expensive part: quantization calibration) and measures anew.
+Objects the selection needs (fidelity, measurement) are stored pickled: the cache is a local,
+per-user file, in the same trust domain as the models the user hands the tool.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lepton_compile.bench.cache import NullCache, ResultCache, open_cache, result_key
+
+log = logging.getLogger(__name__)
+
+# A variant result is reusable only in these states; a timeout or crash may not repeat.
+_REUSABLE = ("ok", "rejected")
+
+
+def inputs_fingerprint(feeds: Sequence[dict[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for f in feeds:
+        for k in sorted(f):
+            a = np.ascontiguousarray(f[k])
+            h.update(k.encode())
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class VariantCache:
+    """Keys, lookups and stores for one compile run."""
+
+    def __init__(self, enabled: bool, path: str | os.PathLike[str] | None, common: dict):
+        self.store: ResultCache | NullCache = open_cache(enabled, path)
+        self.enabled = enabled and isinstance(self.store, ResultCache)
+        self.common = common
+        self.dir = (
+            self.store.path.parent / "artifacts" if isinstance(self.store, ResultCache) else None
+        )
+
+    def key(self, v: Any) -> str:
+        return result_key(
+            recipe=v.recipe.to_dict(),
+            backend=v.backend,
+            backend_options={"device": v.device},
+            **self.common,
+        )
+
+    def lookup(self, v: Any) -> dict[str, Any] | None:
+        if not self.enabled:
+            return None
+        value = self.store.get(self.key(v))
+        if not value or value.get("status") not in _REUSABLE:
+            return None
+        art = self.dir / value["artifact"] if self.dir and value.get("artifact") else None
+        if art is None or not art.exists():
+            return None
+        value["artifact_path"] = art
+        return value
+
+    def restore(self, v: Any, value: dict[str, Any], with_measurement: bool) -> None:
+        """Fill a VariantResult from a cached value."""
+        v.status = value["status"]
+        v.reason = value.get("reason", "")
+        v.build = value.get("build", {})
+        v.session = value.get("session", {})
+        v.size_bytes = value["size_bytes"]
+        v.fidelity = _unpickle(value.get("fidelity"))
+        if with_measurement:
+            v.measurement = _unpickle(value.get("measurement"))
+        v.cache = {"hit": True, "measurement_reused": with_measurement, "key": self.key(v)[:16]}
+
+    def save(self, v: Any) -> None:
+        if not self.enabled or v.status not in _REUSABLE or v.artifact is None or not self.dir:
+            return
+        if v.status == "ok" and v.measurement is None:
+            return
+        key = self.key(v)
+        name = f"{key}.onnx"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if v.artifact.with_name(v.artifact.name + ".data").exists():
+                return  # external data is named after its model file: not worth the care
+            dst = self.dir / name
+            if not dst.exists():
+                tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
+                shutil.copyfile(v.artifact, tmp)
+                os.replace(tmp, dst)
+        except OSError as e:
+            log.warning("result cache: artifact not stored (%s)", e)
+            return
+        self.store.put(
+            key,
+            {
+                "status": v.status,
+                "reason": v.reason,
+                "build": v.build,
+                "session": v.session,
+                "size_bytes": v.size_bytes,
+                "artifact": name,
+                "fidelity": _pickle(v.fidelity),
+                "measurement": _pickle(v.measurement),
+            },
+            {
+                "model": self.common.get("model_sha256", "")[:16],
+                "recipe": v.recipe.name,
+                "backend": f"{v.backend}-{v.device}",
+            },
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _pickle(obj: Any) -> str | None:
+    return None if obj is None else base64.b64encode(pickle.dumps(obj)).decode()
+
+
+def _unpickle(text: str | None) -> Any:
+    return None if not text else pickle.loads(base64.b64decode(text))
