@@ -69,6 +69,7 @@ class VariantResult:
     measurement: Measurement | None = None
     pareto: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
+    roofline: dict[str, Any] = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
@@ -331,6 +332,7 @@ def compile(
                 "rejected", f"latency {v.latency.mean:.3f} ms > --max-latency-ms {max_latency_ms:g}"
             )
 
+    _add_roofline(variants, loaded)
     front = set(search.pareto_front(variants))
     for v in variants:
         v.pareto = v.id in front
@@ -371,6 +373,45 @@ def compile(
         },
     )
     return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
+
+
+def _add_roofline(variants: list[VariantResult], loaded: intake.LoadedModel) -> None:
+    """FLOPs and bytes of each built variant, and the spec-sheet reference energy beside the
+    measured one where the device is in the peak table (a reference, not a bound)."""
+    from lepton_compile.bench import roofline
+    from lepton_compile.bench.device import device_record
+
+    rec = device_record(None)
+    costs: dict[Path, Any] = {}
+    shapes = {s.name: [int(d) for d in (s.shape or ())] for s in loaded.inputs}
+    for v in variants:
+        if v.artifact is None or not v.artifact.exists():
+            continue
+        try:
+            if v.artifact not in costs:
+                costs[v.artifact] = roofline.count(onnx.load(str(v.artifact)), shapes)
+            cost = costs[v.artifact]
+        except Exception as e:  # the count is a help for the reader, never a reason to fail
+            v.roofline = {"error": f"not counted: {type(e).__name__}: {e}"}
+            continue
+        rec_v = dict(rec, providers=v.session.get("providers"))
+        prec = {"int8": "int8", "fp16": "fp16"}.get(v.precision, "fp32")
+        peak, why = roofline.lookup_peak(rec_v, prec)
+        entry: dict[str, Any] = {
+            "flops": cost.flops,
+            "int_ops": cost.int_ops,
+            "bytes_unfused": cost.bytes_unfused,
+            "bytes_fused": cost.bytes_fused,
+            "complete": cost.complete,
+        }
+        if peak is None:
+            entry["reference_energy"] = None
+            entry["reference_note"] = why
+        else:
+            ref = roofline.reference_energy(cost, peak, prec)
+            measured = v.energy.mean if v.energy else None
+            entry["reference_energy"] = roofline.beside_measured(measured, ref)
+        v.roofline = entry
 
 
 def _objective_value(v: VariantResult, objective: str) -> float:

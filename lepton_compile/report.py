@@ -42,6 +42,8 @@ def _variant_dict(v: VariantResult) -> dict[str, Any]:
         d["reason"] = v.reason
     if v.cache:
         d["cache"] = v.cache
+    if v.roofline:
+        d["roofline"] = v.roofline
     return d
 
 
