@@ -1,19 +1,26 @@
-"""Cleanup passes: initializer inputs -> plain initializers, constant folding, no-op removal."""
+"""Cleanup passes: initializer inputs -> plain initializers, folding, no-op removal, CSE."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.optimizer import _constant_folding
-from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import RewriteRule
 from onnxscript.rewriter.rules import common as rules
 
-from lepton_compile.passes._utils import const_array, fresh_name, is_onnx_op, onnx_opset
+from lepton_compile.passes import cleanup_rules
+from lepton_compile.passes._utils import (
+    ONNX_DOMAINS,
+    const_array,
+    fresh_name,
+    is_onnx_op,
+    onnx_opset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +54,29 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
     """Subgraphs of constants (and of static shapes) -> initializers.
 
     Wraps onnxscript's folder, which already folds Shape/Size/Gather-of-shape chains
-    from (node-level inferred) static shapes. What it lacks for us: it never folds
-    ConstantOfShape (to keep files small), and its default size limits (8192 elements
-    in, 262144 out) keep most real weights from folding, so a weight built as
-    ConstantOfShape(shape) never becomes a constant that Conv+BN folding can use.
+    from (node-level inferred) static shapes. What it lacks for us:
+
+    - it never folds ConstantOfShape (to keep files small), and its default size limits
+      (8192 elements in, 262144 out) keep most real weights from folding, so a weight
+      built as ConstantOfShape(shape) never becomes a constant that Conv+BN folding can
+      use. We materialise ConstantOfShape ourselves, up to its own limit: left in the
+      graph it is recomputed on every inference, and a weight is that size anyway.
+    - it folds Gather(Shape(x), i) only for 1-D indices and only through a fully static
+      Shape; exporters gather single dims with scalar indices while another dim (batch,
+      sequence) stays symbolic (`cleanup_rules.FoldShapeGather`).
+
+    Folding, materialising and the Gather rule repeat until none changes anything. The
+    Gather rule leaves small Constant nodes where the folder cannot go on from them
+    (lift-constants follows in the pipelines).
 
     Args:
         size_limit: largest tensor (in elements) the folder reads or writes.
         fold_constant_of_shape: also materialise ConstantOfShape with a constant shape.
+        constant_of_shape_limit: largest ConstantOfShape output (in elements) to
+            materialise (1 << 28: 1 GiB of float32; VGG-19's largest weight has 103M).
         shape_inference: run onnx node-level shape inference while folding (needed to
             see static shapes behind Shape nodes).
+        max_rounds: bound on the fold / materialise / gather rounds.
     """
 
     def __init__(
@@ -64,31 +84,88 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
         *,
         size_limit: int = 1 << 24,
         fold_constant_of_shape: bool = True,
+        constant_of_shape_limit: int = 1 << 28,
         shape_inference: bool = True,
+        max_rounds: int = 4,
     ) -> None:
         super().__init__()
         self.size_limit = size_limit
         self.fold_constant_of_shape = fold_constant_of_shape
+        self.constant_of_shape_limit = constant_of_shape_limit
         self.shape_inference = shape_inference
+        self.max_rounds = max_rounds
 
-    def _should_fold(self, node: ir.Node) -> bool | None:
-        if not (self.fold_constant_of_shape and is_onnx_op(node, "ConstantOfShape")):
-            return None  # onnxscript's default rules
-        shape = const_array(node.inputs[0] if node.inputs else None)
-        if shape is None:
-            return False
-        # Decide before evaluating: a huge fill would be computed only to be discarded.
-        return int(np.prod(shape, dtype=np.int64)) <= self.size_limit
+    @staticmethod
+    def _should_fold(node: ir.Node) -> bool | None:
+        # ConstantOfShape is ours (_materialize_constant_of_shape): the folder's output
+        # size limit would stop the weights we want.
+        return False if is_onnx_op(node, "ConstantOfShape") else None
+
+    def _materialize_constant_of_shape(self, model: ir.Model) -> bool:
+        count = 0
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+            if not is_onnx_op(node, "ConstantOfShape") or node.graph is None:
+                continue
+            shape = cleanup_rules.const_ints(node.inputs[0] if node.inputs else None)
+            if shape is None or any(d < 0 for d in shape):
+                continue
+            # Decide before evaluating: a huge fill would be computed only to be dropped.
+            if math.prod(shape) > self.constant_of_shape_limit:
+                logger.debug("ConstantOfShape %s kept: %s elements", node.name, shape)
+                continue
+            attr = node.attributes.get("value")
+            fill = np.zeros(1, np.float32) if attr is None else attr.as_tensor().numpy()
+            value = fill.reshape(-1)[0]
+            # np.zeros takes pages the OS hands out zeroed: the common fill, and fast.
+            array = np.zeros(shape, fill.dtype) if value == 0 else np.full(shape, value, fill.dtype)
+            self._replace_with_initializer(node, array)
+            count += 1
+        if count:
+            logger.info("Materialised %d ConstantOfShape nodes", count)
+        return bool(count)
+
+    @staticmethod
+    def _replace_with_initializer(node: ir.Node, array: np.ndarray) -> None:
+        graph, out = node.graph, node.outputs[0]
+        assert graph is not None
+        if out.is_graph_output():
+            # A graph output keeps its producer: a Constant node.
+            constant = ir.node("Constant", [], attributes={"value": ir.tensor(array)})
+            ir.convenience.replace_nodes_and_values(
+                graph, node, [node], [constant], [out], [constant.outputs[0]]
+            )
+            return
+        name = out.name or fresh_name(graph, "constant_of_shape")
+        value = ir.Value(
+            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+            shape=ir.Shape(array.shape),
+            const_value=ir.tensor(array, name=name),
+        )
+        out.replace_all_uses_with(value)
+        graph.remove(node, safe=True)
+        value.name = name
+        graph.register_initializer(value)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        # A fresh folder per run: onnxscript's pass keeps per-run state on the instance.
-        folder = _constant_folding.FoldConstantsPass(
-            shape_inference=self.shape_inference,
-            input_size_limit=self.size_limit,
-            output_size_limit=self.size_limit,
-            should_fold=self._should_fold,
-        )
-        modified = folder(model).modified
+        opset = onnx_opset(model)
+        modified = False
+        for _ in range(self.max_rounds):
+            # A fresh folder per run: onnxscript's pass keeps per-run state on the instance.
+            folder = _constant_folding.FoldConstantsPass(
+                shape_inference=self.shape_inference,
+                input_size_limit=self.size_limit,
+                output_size_limit=self.size_limit,
+                should_fold=self._should_fold,
+            )
+            changed = folder(model).modified
+            if self.fold_constant_of_shape:
+                changed |= self._materialize_constant_of_shape(model)
+            if opset is not None:
+                gather = rewriter.RewritePass(cleanup_rules.folding_rules(opset))
+                changed |= gather(model).modified
+            if not changed:
+                break
+            modified = True
         if modified:
             # Folding leaves the folded-away producers (and Constant nodes) dead.
             common_passes.RemoveUnusedNodesPass()(model)
@@ -195,100 +272,100 @@ class EliminateDropoutPass(ir.passes.InPlacePass):
         return True
 
 
-def _slice_params(node: ir.Node, rank: int | None) -> list[np.ndarray] | None:
-    """[starts, ends, axes (non-negative), steps] of an opset >= 10 Slice, if all constant."""
-    if len(node.inputs) < 3:
-        return None
-    starts, ends = const_array(node.inputs[1]), const_array(node.inputs[2])
-    if starts is None or ends is None or starts.ndim != 1 or starts.shape != ends.shape:
-        return None
-    n = starts.size
-    axes_in = node.inputs[3] if len(node.inputs) > 3 else None
-    steps_in = node.inputs[4] if len(node.inputs) > 4 else None
-    axes = np.arange(n) if axes_in is None else const_array(axes_in)
-    steps = np.ones(n, np.int64) if steps_in is None else const_array(steps_in)
-    if axes is None or steps is None or axes.shape != (n,) or steps.shape != (n,):
-        return None
-    if (axes < 0).any():
-        if rank is None:
-            return None
-        axes = np.where(axes < 0, axes + rank, axes)
-    return [a.astype(np.int64) for a in (starts, ends, axes, steps)]
+# A tag that makes every random op's attributes unique while onnx-ir's CSE runs.
+_CSE_GUARD = "_lepton_cse_guard"
 
 
-class _MergeSlices(RewriteRuleClassBase):
-    """Slice(Slice(x)) on disjoint axes -> one Slice.
+def _may_be_random(node: ir.Node, opset: int | None) -> bool:
+    op = node.op_type
+    if op == "Dropout" and node.domain in ONNX_DOMAINS:
+        return not _dropout_is_identity(node, opset)
+    # Custom domains too: com.microsoft's BiasDropout, BitmaskDropout, Random*.
+    return op in ("Bernoulli", "Multinomial") or op.startswith("Random") or "Dropout" in op
 
-    Our own: onnxscript's slice rules only drop no-op slices. YOLOX's Focus layer (and
-    other space-to-depth code) slices rows then columns in two steps.
+
+class CommonSubexpressionEliminationPass(ir.passes.InPlacePass):
+    """Nodes with the same op, inputs and attributes -> one node, random ops excepted.
+
+    onnx-ir's pass, which knows RandomNormal/Uniform(Like) and Multinomial as random but
+    merges two Bernoulli(x), or two training-mode Dropout(x), into one draw (checked
+    with onnx-ir 1.1.0). Each such node gets a unique temporary attribute while it runs.
+
+    Args:
+        size_limit: largest Constant (in elements) compared by value (onnx-ir's option).
     """
 
-    def pattern(self, op, x):
-        inner = op.Slice(x, _allow_other_inputs=True, _outputs=["inner_out"])
-        return op.Slice(inner, _allow_other_inputs=True, _outputs=["outer_out"])
+    def __init__(self, *, size_limit: int = 10) -> None:
+        super().__init__()
+        self.size_limit = size_limit
 
-    def check(self, context, x, inner_out: ir.Value, outer_out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        rank = len(x.shape) if x.shape is not None else None
-        inner = _slice_params(inner_out.producer(), rank)  # type: ignore[arg-type]
-        outer = _slice_params(outer_out.producer(), rank)  # type: ignore[arg-type]
-        if inner is None or outer is None:
-            return result.fail("Slice parameters are not constant 1-D tensors")
-        if set(inner[2].tolist()) & set(outer[2].tolist()):
-            return result.fail("the two Slices share an axis")
-        if len(set(inner[2].tolist())) != inner[2].size:
-            return result.fail("repeated axes")
-        self._params = [np.concatenate([a, b]) for a, b in zip(inner, outer, strict=True)]
-        return result
-
-    def rewrite(self, op, x, inner_out: ir.Value, outer_out: ir.Value):
-        graph = outer_out.producer().graph  # type: ignore[union-attr]
-        assert graph is not None
-        params = []
-        for suffix, array in zip(("starts", "ends", "axes", "steps"), self._params, strict=True):
-            # Initializers, not Constant nodes: constants were lifted before this runs.
-            name = fresh_name(graph, f"{outer_out.name}_{suffix}")
-            params.append(op.initializer(ir.tensor(array), name=name))
-        return op.Slice(x, *params)
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = onnx_opset(model)
+        guarded = [
+            node
+            for node in ir.traversal.RecursiveGraphIterator(model.graph)
+            if _may_be_random(node, opset)
+        ]
+        for i, node in enumerate(guarded):
+            node.attributes[_CSE_GUARD] = ir.AttrInt64(_CSE_GUARD, i)
+        try:
+            cse = common_passes.CommonSubexpressionEliminationPass(size_limit=self.size_limit)
+            modified = cse(model).modified
+        finally:
+            for node in guarded:
+                node.attributes.pop(_CSE_GUARD, None)
+        return ir.passes.PassResult(model, modified)
 
 
-def _simplify_rules() -> list[RewriteRule]:
+def _simplify_rules(opset: int) -> list[RewriteRule]:
     """Rewrites that turn an op into a no-op, or merge two ops into one.
+
+    onnxscript's rules where they are right and complete; ours (cleanup_rules) where
+    they lack a case: its cast_cast, no_op_expand, transpose_transpose, reshape_reshape,
+    unsqueeze_unsqueeze and collapse_slice rules are replaced by supersets, and its
+    add_0/sub_0/mul_by_1/div_by_1 by exact ones (theirs drop x + 1e-12).
 
     Left out on purpose: slice_split_rule (emits Split with num_outputs, opset >= 18
     only) and flatten_to_reshape_rule (not a simplification on its own).
     """
     return [
-        *rules.mul_by_1_rule.commute(),
-        *rules.add_0_rule.commute(),
-        rules.sub_0_rule,
-        rules.div_by_1_rule,
         rules.no_op_cast_rule,
-        rules.cast_cast_rule,
-        rules.no_op_expand_rule,
         rules.no_op_transpose_rule,
-        rules.transpose_transpose_rule,
-        # Keeps `0` dims correct: it only rewrites when the merged shape is unambiguous
-        # (onnxoptimizer gets Reshape(Reshape(x[2,12], [12,2]), [0,-1]) wrong).
-        rules.reshape_reshape_rule,
-        rules.unsqueeze_unsqueeze_rule,
         rules.squeeze_reshape_1d_rule,
-        _MergeSlices.rule(),  # a fresh instance: it carries state from check to rewrite
+        *cleanup_rules.simplify_rules(opset),  # fresh instances: state from check to rewrite
     ]
 
 
 class SimplifyPass(ir.passes.InPlacePass):
-    """x*1, x+0, x-0, x/1, same-type Cast, no-op Expand/Transpose -> x; merge op pairs.
+    """No-op ops -> their input; chains of shape ops -> one op.
 
-    Pairs merged: Transpose, Reshape, Unsqueeze, Cast (float->float16) and Slices on
-    disjoint axes.
+    No-ops: x*1, x+0, x-0, x/1, same-type Cast, identity Transpose, Reshape to the
+    input's own shape, all-zero Pad, full-range Slice, Expand that broadcasts nothing,
+    Squeeze/Unsqueeze pairs on the same axes. Merged: Transpose, Reshape (`0`/`-1`
+    kept right), Squeeze, Unsqueeze (either opset form), lossless Cast and Slice pairs.
 
-    onnxscript's no-op and basic rules, then identity elimination so that the
-    Identity nodes those rules leave behind disappear in the same pass.
+    Rewrites repeat until none applies (a chain of n ops takes one round per merge at
+    worst), then the Identity nodes the rules leave behind are removed.
+
+    Args:
+        max_rounds: bound on the rewrite rounds.
     """
 
+    def __init__(self, *, max_rounds: int = 8) -> None:
+        super().__init__()
+        self.max_rounds = max_rounds
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewritten = rewriter.RewritePass(_simplify_rules())(model).modified
+        opset = onnx_opset(model)
+        if opset is None:
+            return ir.passes.PassResult(model, False)
+        rewritten = False
+        for _ in range(self.max_rounds):
+            if not rewriter.RewritePass(_simplify_rules(opset))(model).modified:
+                break
+            rewritten = True
+            # Patterns look through no Identity: drop those this round left behind.
+            common_passes.IdentityEliminationPass()(model)
         cleaned = common_passes.IdentityEliminationPass()(model).modified
         removed = common_passes.RemoveUnusedNodesPass()(model).modified if rewritten else False
         return ir.passes.PassResult(model, rewritten or cleaned or removed)

@@ -1,8 +1,10 @@
-"""Standard-op fusions: Conv/Gemm(BatchNorm) and per-channel affine -> Conv, MatMul+Add -> Gemm."""
+"""Standard-op fusions: BN/affine into Conv/Gemm/MatMul, Pad into Conv/pools, MatMul+Add -> Gemm."""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,7 +12,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
+from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 from onnxscript.rewriter.rules.common import (
     _fuse_batchnorm,
     _fuse_hardswish,
@@ -134,6 +137,24 @@ def _apply_rules(model: ir.Model, rules: list[RewriteRule]) -> bool:
         # Replaced weights and BatchNorm statistics are left behind as unused initializers.
         common_passes.RemoveUnusedNodesPass()(model)
     return modified
+
+
+def rejections(model: ir.Model, rules: Sequence[RewriteRule]) -> list[tuple[str, str, str]]:
+    """(rule, node, reason) for every match a rule's check turned down; `model` is unchanged.
+
+    For "why did this not fuse?": the rules run with onnxscript's matching tracer, which
+    keeps each rule's most complete failed matches.
+    """
+    tracer = MatchingTracer()
+    RewriteRuleSet(list(rules)).apply_to_model(model, tracer=tracer)
+    found = []
+    for rule, matches in tracer.best_matches_map.items():
+        for info in matches:
+            if info.status == MatchStatus.CONDITION_FAILED:
+                name = rule.name or type(rule).__name__
+                root = info.root_node
+                found.append((name, root.name or root.op_type, info.match_result.reason))
+    return found
 
 
 class FuseBatchNormPass(ir.passes.InPlacePass):
@@ -508,3 +529,337 @@ class FuseHardSwishPass(ir.passes.InPlacePass):
             classes = [_HardSwishAsHardSigmoidMul, _HardSigmoidFusion]
         rules = [r for cls in classes for r in cls.rule().commute()]
         return ir.passes.PassResult(model, _apply_rules(model, rules))
+
+
+# ---------------------------------------------------------------------------------------
+# MatMul + BatchNormalization. onnxscript has no rule for it (only Conv/ConvTranspose/
+# Gemm); a bias-free Linear, or a 1x1 "conv" written as W @ x, followed by BatchNorm1d
+# reaches ONNX as MatMul -> BatchNormalization.
+
+
+class _MatMulBatchNorm(RewriteRuleClassBase):
+    """BatchNormalization(MatMul(a, b)) with one constant 2-D operand -> folded weights.
+
+    BatchNormalization scales axis 1 of its input. That axis is the constant operand's
+    own output axis in two cases, which are the two we fold:
+
+    - b constant (K, N), a of rank 2: axis 1 is N, the columns of b. Result:
+      Gemm(a, b * s, shift) (Gemm takes the same float types as MatMul at every opset
+      that has an inference-mode BatchNormalization, so no MatMul + Add fallback).
+    - a constant (C, K), b of rank 3 (batch, K, L): axis 1 is C, the rows of a.
+      Result: MatMul(s[:, None] * a, b) + shift[:, None].
+
+    with s = gamma / sqrt(var + eps) and shift = beta - mean * s. Any other rank puts
+    axis 1 on a dimension the constant does not own, and the BN cannot be folded.
+    """
+
+    def pattern(self, op, a, b, scale, bias, mean, var):
+        mm = op.MatMul(a, b, _outputs=["mm_out"])
+        return op.BatchNormalization(mm, scale, bias, mean, var, _outputs=["bn_out"])
+
+    def check(
+        self, context, a, b, scale, bias, mean, var, mm_out: ir.Value, bn_out: ir.Value
+    ) -> MatchResult:
+        result = MatchResult()
+        bn = bn_out.producer()
+        mm = mm_out.producer()
+        assert bn is not None and mm is not None
+        opset = onnx_opset(context.model)
+        if (reason := _batchnorm_is_inference(bn, opset)) is not None:
+            return result.fail(reason)
+        if private_initializer(b, {mm}) and a.shape is not None and len(a.shape) == 2:
+            weight, side = b, "right"
+        elif private_initializer(a, {mm}) and b.shape is not None and len(b.shape) == 3:
+            weight, side = a, "left"
+        else:
+            return result.fail(
+                "neither (a rank 2, b a private constant) nor (a a private constant, b rank 3)"
+            )
+        w = const_array(weight)
+        assert w is not None
+        if w.ndim != 2:
+            return result.fail(f"constant operand has rank {w.ndim}, expected 2")
+        if weight.dtype not in _FLOAT_TYPES:
+            return result.fail(f"weights are {weight.dtype}")
+        other = a if side == "right" else b
+        if other.dtype != weight.dtype:
+            return result.fail(f"operands are {other.dtype} and {weight.dtype}")
+        channels = int(w.shape[1] if side == "right" else w.shape[0])
+        if (reason := _batchnorm_params_ok(bn, channels, weight.dtype)) is not None:
+            return result.fail(reason)
+        self._side = side
+        graph = context.graph_or_function
+        self._bias_name = fresh_name(graph, f"{weight.name}_bn_bias")
+        return result
+
+    def rewrite(self, op, a, b, scale, bias, mean, var, mm_out: ir.Value, bn_out: ir.Value):
+        bn = bn_out.producer()
+        assert bn is not None
+        eps = bn.attributes.get_float("epsilon", 1e-5)
+        arrays = [const_array(v) for v in (scale, bias, mean, var)]
+        gamma, beta, mu, sigma2 = (x.astype(np.float64) for x in arrays)  # type: ignore[union-attr]
+        s = gamma / np.sqrt(sigma2 + eps)
+        shift = beta - mu * s
+        weight = b if self._side == "right" else a
+        w = const_array(weight)
+        assert w is not None
+        dtype = w.dtype
+        if self._side == "right":
+            new_w = op.initializer(ir.tensor((w * s[None, :]).astype(dtype)), name=weight.name)
+            shift_value = op.initializer(ir.tensor(shift.astype(dtype)), name=self._bias_name)
+            return op.Gemm(a, new_w, shift_value)
+        new_w = op.initializer(ir.tensor((s[:, None] * w).astype(dtype)), name=weight.name)
+        shift_value = op.initializer(ir.tensor(shift[:, None].astype(dtype)), name=self._bias_name)
+        return op.Add(op.MatMul(new_w, b), shift_value)
+
+
+class FuseMatMulBatchNormPass(ir.passes.InPlacePass):
+    """BatchNormalization(MatMul(a, W)) -> Gemm(a, W', b') (or MatMul + Add), folded weights.
+
+    See `_MatMulBatchNorm` for the two foldable layouts.
+    """
+
+    def rules(self) -> list[RewriteRule]:
+        return [_MatMulBatchNorm.rule()]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, _apply_rules(model, self.rules()))
+
+
+# ---------------------------------------------------------------------------------------
+# Pad into Conv / AveragePool / MaxPool. onnxscript's fuse_pad_into_conv reads pads from
+# Pad's inputs only (opset >= 11; older Pads keep them in attributes and crash it) and has
+# no pool rules. Ours handles both Pad forms and the pools' own padding semantics.
+
+
+def _pad_spec(pad: ir.Node, rank: int) -> tuple[list[int], float] | str:
+    """(pads as 2*rank begin/end list, constant value) of a constant-mode Pad, or why not."""
+    mode = pad.attributes.get_string("mode", "constant")
+    if mode != "constant":
+        return f"Pad mode is {mode!r}"
+    if len(pad.inputs) >= 2:  # opset >= 11: pads, constant_value, axes are inputs
+        pads = const_array(pad.inputs[1])
+        if pads is None:
+            return "Pad's pads are not constant"
+        value = 0.0
+        if len(pad.inputs) > 2 and pad.inputs[2] is not None:
+            array = const_array(pad.inputs[2])
+            if array is None or array.size != 1:
+                return "Pad's constant_value is not a constant scalar"
+            value = float(array.reshape(()))
+        if len(pad.inputs) > 3 and pad.inputs[3] is not None:
+            axes = const_array(pad.inputs[3])
+            if axes is None:
+                return "Pad's axes are not constant"
+            axes_list = [int(x) % rank for x in axes.reshape(-1)]
+        else:
+            axes_list = list(range(rank))
+        pads_list = [int(p) for p in pads.reshape(-1)]
+        if len(pads_list) != 2 * len(axes_list):
+            return f"Pad has {len(pads_list)} pads for {len(axes_list)} axes"
+        full = [0] * 2 * rank
+        for i, axis in enumerate(axes_list):
+            full[axis] = pads_list[i]
+            full[axis + rank] = pads_list[i + len(axes_list)]
+    else:  # opset < 11: attributes (`paddings` in opset 1)
+        attr = pad.attributes.get("pads") or pad.attributes.get("paddings")
+        if attr is None:
+            return "Pad has no pads"
+        full = list(attr.as_ints())
+        value = pad.attributes.get_float("value", 0.0)
+        if len(full) != 2 * rank:
+            return f"Pad has {len(full)} pads for rank {rank}"
+    if any(p < 0 for p in full):
+        return f"Pad crops (negative pads {full})"
+    if any(full[i] or full[i + rank] for i in (0, 1)):
+        return f"Pad pads the batch or channel axis ({full})"
+    return full, value
+
+
+def _lower_bound(value: ir.Value) -> float | None:
+    """A value every element of `value` is known to be >= to, from its producer, or None."""
+    if value.dtype is not None and value.dtype.is_integer() and not value.dtype.is_signed():
+        return 0.0
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Softplus"):
+        return 0.0
+    if node.op_type == "Clip":
+        if len(node.inputs) >= 2 and node.inputs[1] is not None:
+            array = const_array(node.inputs[1])
+            return float(array.reshape(())) if array is not None and array.size == 1 else None
+        if len(node.inputs) == 1 and "min" in node.attributes:
+            return node.attributes.get_float("min")
+    return None
+
+
+class _FusePad(RewriteRuleClassBase):
+    """Op(Pad(x)) -> Op(x) with the Pad's spatial pads added to Op's own `pads`.
+
+    remove_nodes=False: a Pad that other nodes also read stays for them (and goes away
+    with the cleanup when nothing else does).
+    """
+
+    op_type: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__(remove_nodes=False)
+
+    def pattern(self, op, x):
+        padded = op.Pad(x, _allow_other_inputs=True, _outputs=["pad_out"])
+        return getattr(op, self.op_type)(padded, _allow_other_inputs=True, _outputs=["op_out"])
+
+    def check(self, context, x: ir.Value, pad_out: ir.Value, op_out: ir.Value) -> MatchResult:
+        result = MatchResult()
+        pad, node = pad_out.producer(), op_out.producer()
+        assert pad is not None and node is not None
+        if node.inputs[0] is not pad_out:
+            return result.fail(f"the Pad feeds {self.op_type}'s weights, not its data input")
+        rank = self._rank(node)
+        if rank is None:
+            return result.fail(f"rank of the {self.op_type} input is unknown")
+        spec = _pad_spec(pad, rank)
+        if isinstance(spec, str):
+            return result.fail(spec)
+        pads, value = spec
+        auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+        if auto_pad not in ("NOTSET", "VALID"):
+            return result.fail(f"{self.op_type} has auto_pad={auto_pad}")
+        own = list(node.attributes.get_ints("pads", [0] * 2 * (rank - 2)))
+        if auto_pad == "VALID":
+            own = [0] * 2 * (rank - 2)
+        spatial = pads[2:rank] + pads[rank + 2 :]
+        merged = [p + q for p, q in zip(own, spatial, strict=True)]
+        opset = onnx_opset(context.model) or 0
+        if (reason := self._check_op(node, x, value, own, merged, opset)) is not None:
+            return result.fail(reason)
+        self._merged = merged
+        return result
+
+    def _rank(self, node: ir.Node) -> int | None:
+        kernel = node.attributes.get_ints("kernel_shape")
+        return len(kernel) + 2 if kernel else None
+
+    def _check_op(
+        self,
+        node: ir.Node,
+        x: ir.Value,
+        value: float,
+        own: list[int],
+        merged: list[int],
+        opset: int,
+    ) -> str | None:
+        raise NotImplementedError
+
+    def _attributes(self, node: ir.Node) -> dict[str, Any]:
+        attrs: dict[str, Any] = {k: v for k, v in node.attributes.items() if k != "auto_pad"}
+        attrs["pads"] = self._merged
+        return attrs
+
+    def rewrite(self, op, x: ir.Value, pad_out: ir.Value, op_out: ir.Value):
+        node = op_out.producer()
+        assert node is not None
+        return op.op(self.op_type, x, *node.inputs[1:], **self._attributes(node))
+
+
+def _pool_checks(node: ir.Node, merged: list[int]) -> str | None:
+    if len(node.outputs) != 1:
+        return "MaxPool's Indices output would index the padded tensor"
+    if node.attributes.get_int("ceil_mode", 0):
+        # A ceil_mode window may start inside the end padding; runtimes differ on what
+        # such a window (and the divisor of a partial one) sees.
+        return "ceil_mode=1"
+    kernel = node.attributes.get_ints("kernel_shape")
+    n = len(kernel)
+    if any(merged[i] >= kernel[i] or merged[i + n] >= kernel[i] for i in range(n)):
+        # onnxruntime rejects pools whose pads reach the kernel size.
+        return f"pads {merged} would not be smaller than the kernel {list(kernel)}"
+    return None
+
+
+class _PadConv(_FusePad):
+    op_type: ClassVar[str] = "Conv"
+
+    def _rank(self, node: ir.Node) -> int | None:
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if weight is not None and weight.shape is not None:
+            return len(weight.shape)
+        return super()._rank(node)
+
+    def _check_op(self, node, x, value, own, merged, opset):
+        if value != 0.0:
+            return f"pad value {value} is not 0 (Conv pads with zeros)"
+        return None
+
+
+class _PadAveragePool(_FusePad):
+    """count_include_pad=1 after the fusion: the Pad's zeros were counted in the mean."""
+
+    op_type: ClassVar[str] = "AveragePool"
+
+    def _check_op(self, node, x, value, own, merged, opset):
+        if value != 0.0:
+            return f"pad value {value} is not 0 (AveragePool pads with zeros)"
+        if opset < 7:
+            return f"AveragePool at opset {opset} has no count_include_pad"
+        if any(own) and not node.attributes.get_int("count_include_pad", 0):
+            # Its own pads are excluded from the divisor, the Pad's zeros were counted:
+            # no single count_include_pad expresses both.
+            return "AveragePool has its own pads with count_include_pad=0"
+        return _pool_checks(node, merged)
+
+    def _attributes(self, node):
+        attrs = super()._attributes(node)
+        attrs["count_include_pad"] = 1
+        return attrs
+
+
+class _PadMaxPool(_FusePad):
+    """Only when the pad value can never be a window's maximum.
+
+    MaxPool's own padding never wins a max (it is -inf); an explicit pad value does
+    whenever it exceeds every real element of a window. So the value must be -inf, or
+    at most a known lower bound of x (0 after Relu/Sigmoid/..., Clip's min).
+    """
+
+    op_type: ClassVar[str] = "MaxPool"
+
+    def _check_op(self, node, x, value, own, merged, opset):
+        if value != -math.inf:
+            bound = _lower_bound(x)
+            if bound is None:
+                return (
+                    f"pad value {value} could be a window maximum: x has no known lower "
+                    "bound, and MaxPool's own padding is -inf"
+                )
+            if value > bound:
+                return f"pad value {value} exceeds x's lower bound {bound}"
+            if any(d != 1 for d in node.attributes.get_ints("dilations", ())):
+                return "dilated window could see only padding"
+        return _pool_checks(node, merged)
+
+
+class FusePadPass(ir.passes.InPlacePass):
+    """Conv|AveragePool|MaxPool(Pad(x)) -> the op with the Pad's spatial pads in `pads`.
+
+    Constant mode, zero batch/channel pads, no cropping. Conv and AveragePool need the
+    value 0 (AveragePool then counts the pads: count_include_pad=1); MaxPool needs -inf
+    or a value no larger than what x can hold.
+
+    Args:
+        pools: also fold into AveragePool and MaxPool.
+    """
+
+    def __init__(self, *, pools: bool = True) -> None:
+        super().__init__()
+        self.pools = pools
+
+    def rules(self) -> list[RewriteRule]:
+        classes: list[type[_FusePad]] = [_PadConv]
+        if self.pools:
+            classes += [_PadAveragePool, _PadMaxPool]
+        return [cls.rule() for cls in classes]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, _apply_rules(model, self.rules()))

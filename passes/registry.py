@@ -10,6 +10,7 @@ from typing import Any
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from lepton_compile.passes import cleanup
 from lepton_compile.passes.cleanup import (
     ConstantFoldingPass,
     EliminateDropoutPass,
@@ -22,6 +23,16 @@ from lepton_compile.passes.fusion import (
     FuseChannelAffinePass,
     FuseHardSwishPass,
     FuseMatMulAddPass,
+    FuseMatMulBatchNormPass,
+    FusePadPass,
+)
+from lepton_compile.passes.fusion_lepton import FuseLeptonPass
+from lepton_compile.passes.fusion_nn import (
+    DetectSiLUPass,
+    FuseAttentionPass,
+    FuseGeluPass,
+    FuseHardActivationsPass,
+    FuseLayerNormPass,
 )
 
 # "ort": standard ONNX ops only, for onnxruntime. "lepton": our runtime; it will add
@@ -111,7 +122,8 @@ register_pass(
 )
 register_pass(
     "simplify",
-    "x*1, x+0, same-type Cast, no-op Expand/Transpose removed; Reshape/Transpose pairs merged",
+    "no-op Add/Mul/Cast/Reshape/Pad/Slice/Expand/Transpose removed; Reshape, Transpose, "
+    "Squeeze/Unsqueeze, Slice and lossless Cast chains merged",
     SimplifyPass,
 )
 register_pass(
@@ -135,9 +147,50 @@ register_pass(
     FuseHardSwishPass,
 )
 register_pass(
+    "fuse-hard-activations",
+    "Clip(a*x+b,0,1), Clip(x+3,0,6)*(1/6), x*... become HardSigmoid/HardSwish (opset >= 14)",
+    FuseHardActivationsPass,
+)
+register_pass(
+    "fuse-layernorm",
+    "ReduceMean/Sub/Pow/Sqrt/Div (+Mul/Add) becomes LayerNormalization (opset >= 17)",
+    FuseLayerNormPass,
+)
+register_pass(
+    "fuse-gelu",
+    "erf and tanh GELU formulas become Gelu (opset >= 20); below, only counted",
+    FuseGeluPass,
+)
+register_pass(
+    "detect-silu",
+    "x*Sigmoid(x) annotated lepton.pattern=silu (no standard op)",
+    DetectSiLUPass,
+)
+register_pass(
+    "fuse-attention",
+    "MatMul/scale/mask/Softmax/MatMul annotated lepton.pattern=sdpa; Attention at opset >= 23",
+    FuseAttentionPass,
+)
+register_pass(
+    "fuse-matmul-batchnorm",
+    "BatchNormalization after MatMul with a constant 2-D operand folded into Gemm or MatMul+Add",
+    FuseMatMulBatchNormPass,
+)
+register_pass(
+    "fuse-pad",
+    "constant zero Pad folded into Conv/AveragePool pads; into MaxPool when the value is -inf-safe",
+    FusePadPass,
+)
+register_pass(
+    "fuse-lepton",
+    "Conv/Gemm/MatMul + bias + activation (+ residual [+ activation]) become ai.lepton Fused* ops",
+    FuseLeptonPass,
+    targets={"lepton"},
+)
+register_pass(
     "cse",
-    "common subexpression elimination",
-    common_passes.CommonSubexpressionEliminationPass,
+    "common subexpression elimination (random ops and training-mode Dropout never merged)",
+    cleanup.CommonSubexpressionEliminationPass,
 )
 
 
@@ -187,9 +240,18 @@ PIPELINES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "fused": (
             *_CLEANUP,
             "fuse-batchnorm",
+            "fuse-matmul-batchnorm",
             "fuse-channel-affine",
+            "fuse-pad",
             "fuse-matmul-add",
             "fuse-hardswish",
+            "fuse-hard-activations",
+            "fuse-layernorm",
+            "fuse-gelu",
+            "detect-silu",
+            "fuse-attention",
+            # Last fusion: absorbs the activations the fusions above produce (lepton only).
+            "fuse-lepton",
             *_FINISH,
         ),
     }

@@ -113,7 +113,7 @@ def test_fold_constants_keeps_dynamic_shapes():
     assert_same_outputs(model, out.model, rtol=RTOL, atol=ATOL, shapes={"x": [5, 3]})
 
 
-def test_fold_constants_respects_size_limit():
+def test_fold_constants_respects_constant_of_shape_limit():
     model = model_from_text(
         """
         <ir_version: 8, opset_import: ["" : 17]>
@@ -125,7 +125,9 @@ def test_fold_constants_respects_size_limit():
         {"s": np.array([64, 64], np.int64)},
     )
     out = optimize(
-        model, passes=["fold-constants"], options={"fold-constants": {"size_limit": 100}}
+        model,
+        passes=["fold-constants"],
+        options={"fold-constants": {"constant_of_shape_limit": 100}},
     )
     assert ops(out.model) == ["ConstantOfShape", "Mul"]
     out = optimize(model, passes=["fold-constants"])
@@ -359,5 +361,93 @@ def test_simplify_merges_slices_on_disjoint_axes():
             "st": np.array([2], np.int64),
         },
     )
-    # The second pair slices axis 2 twice: not merged.
-    run_pass(model, "simplify", ["Slice", "Slice", "Slice"])
+    # The second pair slices axis 2 twice, with positive steps: composed as well.
+    run_pass(model, "simplify", ["Slice", "Slice"])
+
+
+def test_fold_constant_of_shape_fills_and_graph_output():
+    # No `value`: float zeros. An int64 fill. A fill that is itself a graph output.
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x, int64[2,3] i) => (float[2,3] y, int64[2,3] j, float[3] z) {
+            zeros = ConstantOfShape(s)
+            y = Add(x, zeros)
+            sevens = ConstantOfShape<value = int64[1] {7}>(s)
+            j = Add(i, sevens)
+            z = ConstantOfShape<value = float[1] {0.5}>(s3)
+        }
+        """,
+        {"s": np.array([2, 3], np.int64), "s3": np.array([3], np.int64)},
+    )
+    out = run_pass(model, "fold-constants", ["Add", "Add", "Constant"], rtol=0, atol=0)
+    assert [o.name for o in out.graph.output] == ["y", "j", "z"]
+
+
+def _bernoulli_model() -> onnx.ModelProto:
+    return model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[64] x, bool t) => (float[64] y) {
+            a = Bernoulli(x)
+            b = Bernoulli(x)
+            d1 = Dropout(x, r, t)
+            d2 = Dropout(x, r, t)
+            c = Relu(x)
+            e = Relu(x)
+            s1 = Sub(a, b)
+            s2 = Sub(d1, d2)
+            s3 = Sub(c, e)
+            s4 = Add(s1, s2)
+            y = Add(s4, s3)
+        }
+        """,
+        {"r": np.array(0.5, np.float32)},
+    )
+
+
+def test_cse_keeps_random_ops_apart():
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common_passes
+
+    from lepton_compile.passes.cleanup import CommonSubexpressionEliminationPass
+
+    # onnx-ir's own pass merges the two draws: y would always be 0 there.
+    theirs = ir.serde.deserialize_model(_bernoulli_model())
+    common_passes.CommonSubexpressionEliminationPass()(theirs)
+    assert [n.op_type for n in theirs.graph].count("Bernoulli") == 1
+
+    ours = ir.serde.deserialize_model(_bernoulli_model())
+    assert CommonSubexpressionEliminationPass()(ours).modified is True
+    expected = ["Bernoulli", "Bernoulli", "Dropout", "Dropout", "Relu", "Sub", "Sub", "Sub"]
+    assert [n.op_type for n in ours.graph] == [*expected, "Add", "Add"]
+    assert all("_lepton_cse_guard" not in n.attributes for n in ours.graph)
+    proto = ir.serde.serialize_model(ours)
+    onnx.checker.check_model(proto, full_check=True)
+    assert CommonSubexpressionEliminationPass()(ours).modified is False
+    # Random outputs cannot be compared; the deterministic branch (s3 = 0) is checked
+    # by the structure above.
+
+
+def test_fold_constants_leaves_overridable_initializers_until_freed():
+    # IR 3 lists weights as inputs: a caller may feed other values, so nothing folds...
+    model = model_from_text(
+        """
+        <ir_version: 3, opset_import: ["" : 9]>
+        g (float[2,3] x, float[2,3] w, int64[2] s) => (float[2,3] y) {
+            t = Mul(w, w)
+            f = ConstantOfShape(s)
+            u = Add(t, f)
+            y = Add(x, u)
+        }
+        """,
+        {"w": rand(2, 3), "s": np.array([2, 3], np.int64)},
+    )
+    out = optimize(model, passes=["fold-constants"])
+    assert out.records[0].modified is False
+    assert ops(out.model) == ["Mul", "ConstantOfShape", "Add", "Add"]
+    # ...until remove-initializer-inputs makes them private.
+    out = optimize(model, passes=["remove-initializer-inputs", "fold-constants"])
+    assert ops(out.model) == ["Add"]
+    assert [i.name for i in out.model.graph.input] == ["x"]
+    assert_same_outputs(model, out.model, rtol=RTOL, atol=ATOL)

@@ -1,0 +1,612 @@
+"""Schema of the `ai.lepton` ops: attributes, inputs, ONNX function bodies, numpy references.
+
+This module is the one place that defines what the custom-domain ops compute. The fusion
+rules (`fusion_lepton.py`) build nodes from it, the lepton backend maps the ops to kernels
+from it, and `attach_functions` gives every op used in a model an ONNX function body so
+that onnx.checker and onnxruntime (which inlines model-local functions) still run and
+verify a lepton-target model.
+
+Every op is a "base" computation followed by the same epilogue:
+
+    Y = post_activation(activation(base(inputs)) + Z)
+
+    FusedConv(X, W, [B], [Z])      base = Conv(X, W, B) with Conv's attributes
+    FusedGemm(A, B, [C], [Z])      base = Gemm(A, B, C) with Gemm's attributes
+    FusedMatMul(A, B, [bias], [Z]) base = MatMul(A, B) + bias, bias of shape (N,)
+                                   (N = last dimension of the product)
+
+- `activation` / `post_activation` name an entry of ACTIVATIONS; `*_params` hold that
+  activation's parameters in order (empty: its defaults).
+- Z (the residual) has exactly the shape of Y: no broadcasting.
+- `post_activation` is only allowed with Z (without Z it would just be a second
+  activation; the rules never build that).
+- All tensors have one float type T (float, float16, bfloat16, double).
+
+A function body can branch on neither a string attribute nor on which optional inputs
+are present, so every distinct epilogue in a model gets its own body: a function
+*overload* (FunctionProto.overload, NodeProto.overload; IR version >= 10) whose name
+`overload_name` derives from the element type, the epilogue and the inputs present.
+The base op's own attributes (pads, strides, transB, ...) are forwarded to the body by
+attribute reference, so nodes that differ only in those share one body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from lepton_compile.passes._utils import onnx_opset
+
+DOMAIN = "ai.lepton"
+VERSION = 1
+# FunctionProto.overload and NodeProto.overload first exist in IR version 10.
+MIN_IR_VERSION = 10
+
+FLOAT_TYPES = frozenset(
+    {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+)
+
+_INF = float("inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSpec:
+    """An epilogue activation: its parameters (name, default), positional in `*_params`."""
+
+    name: str
+    params: tuple[tuple[str, float], ...] = ()
+    min_opset: int = 1  # lowest default-domain opset whose ops can express the body
+    doc: str = ""
+
+    def resolve(self, params: Sequence[float]) -> tuple[float, ...] | None:
+        """`params` with defaults filled in (empty -> all defaults); None if the count is wrong."""
+        if not params:
+            return tuple(default for _, default in self.params)
+        if len(params) != len(self.params):
+            return None
+        return tuple(float(p) for p in params)
+
+
+ACTIVATIONS: Mapping[str, ActivationSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            ActivationSpec("none", doc="identity"),
+            ActivationSpec("relu", doc="max(x, 0)"),
+            ActivationSpec("sigmoid", doc="1 / (1 + exp(-x))"),
+            ActivationSpec("tanh", doc="tanh(x)"),
+            ActivationSpec("leaky_relu", (("alpha", 0.01),), doc="x if x >= 0 else alpha * x"),
+            ActivationSpec("clip", (("min", -_INF), ("max", _INF)), doc="min(max(x, min), max)"),
+            ActivationSpec(
+                "hard_sigmoid",
+                (("alpha", 0.2), ("beta", 0.5)),
+                doc="max(0, min(1, alpha * x + beta))",
+            ),
+            ActivationSpec("hardswish", doc="x * max(0, min(1, x / 6 + 1 / 2))"),
+            ActivationSpec("silu", doc="x * sigmoid(x)"),
+            # Erf is opset 9; Gelu itself (opset 20) is used where the model has it.
+            ActivationSpec("gelu", min_opset=9, doc="x / 2 * (1 + erf(x / sqrt(2)))"),
+        )
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttrSpec:
+    """An attribute: name, type and default (None: optional, the base op's rule applies)."""
+
+    name: str
+    type: ir.AttributeType
+    default: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    optional: bool = False
+    doc: str = ""
+
+
+EPILOGUE_ATTRIBUTES: tuple[AttrSpec, ...] = (
+    AttrSpec("activation", ir.AttributeType.STRING, "none"),
+    AttrSpec("activation_params", ir.AttributeType.FLOATS, ()),
+    AttrSpec("post_activation", ir.AttributeType.STRING, "none"),
+    AttrSpec("post_activation_params", ir.AttributeType.FLOATS, ()),
+)
+
+# Index of the residual input Z, the same in every op.
+RESIDUAL_INPUT = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSchema:
+    """One ai.lepton op: base ONNX op, inputs, forwarded base attributes, epilogue."""
+
+    name: str
+    base_op: str
+    inputs: tuple[InputSpec, ...]
+    base_attributes: tuple[AttrSpec, ...]
+    doc: str
+
+    @property
+    def attributes(self) -> tuple[AttrSpec, ...]:
+        return self.base_attributes + EPILOGUE_ATTRIBUTES
+
+    def attribute(self, name: str) -> AttrSpec | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for i in self.inputs if not i.optional)
+
+
+_Z = InputSpec("Z", True, "residual, exactly the shape of Y; added after `activation`")
+
+SCHEMAS: Mapping[str, OpSchema] = MappingProxyType(
+    {
+        schema.name: schema
+        for schema in (
+            OpSchema(
+                "FusedConv",
+                "Conv",
+                (
+                    InputSpec("X", doc="(N, C, D1, ..., Dn)"),
+                    InputSpec("W", doc="(M, C / group, k1, ..., kn)"),
+                    InputSpec("B", True, "(M,)"),
+                    _Z,
+                ),
+                (
+                    AttrSpec("auto_pad", ir.AttributeType.STRING, "NOTSET"),
+                    AttrSpec("dilations", ir.AttributeType.INTS),
+                    AttrSpec("group", ir.AttributeType.INT, 1),
+                    AttrSpec("kernel_shape", ir.AttributeType.INTS),
+                    AttrSpec("pads", ir.AttributeType.INTS),
+                    AttrSpec("strides", ir.AttributeType.INTS),
+                ),
+                "Conv(X, W, B), then the epilogue",
+            ),
+            OpSchema(
+                "FusedGemm",
+                "Gemm",
+                (
+                    InputSpec("A", doc="(M, K), or (K, M) with transA"),
+                    InputSpec("B", doc="(K, N), or (N, K) with transB"),
+                    InputSpec("C", True, "broadcastable to (M, N)"),
+                    _Z,
+                ),
+                (
+                    AttrSpec("alpha", ir.AttributeType.FLOAT, 1.0),
+                    AttrSpec("beta", ir.AttributeType.FLOAT, 1.0),
+                    AttrSpec("transA", ir.AttributeType.INT, 0),
+                    AttrSpec("transB", ir.AttributeType.INT, 0),
+                ),
+                "Gemm(A, B, C), then the epilogue",
+            ),
+            OpSchema(
+                "FusedMatMul",
+                "MatMul",
+                (
+                    InputSpec("A", doc="(..., M, K)"),
+                    InputSpec("B", doc="(..., K, N)"),
+                    InputSpec("bias", True, "(N,)"),
+                    _Z,
+                ),
+                (),
+                "MatMul(A, B) (numpy broadcasting) + bias, then the epilogue",
+            ),
+        )
+    }
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Epilogue of a node.
+
+
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    activation: str = "none"
+    activation_params: tuple[float, ...] = ()
+    post_activation: str = "none"
+    post_activation_params: tuple[float, ...] = ()
+
+
+def epilogue_attributes(epilogue: Epilogue) -> dict[str, Any]:
+    """Node attributes for `epilogue` (defaults left out, parameters always explicit)."""
+    attrs: dict[str, Any] = {}
+    for prefix in ("activation", "post_activation"):
+        name = getattr(epilogue, prefix)
+        if name != "none":
+            attrs[prefix] = name
+            params = getattr(epilogue, f"{prefix}_params")
+            if params:
+                attrs[f"{prefix}_params"] = [float(p) for p in params]
+    return attrs
+
+
+def node_epilogue(node: ir.Node) -> Epilogue:
+    """The epilogue of an ai.lepton node, parameters resolved; ValueError if invalid."""
+    values: dict[str, Any] = {}
+    for prefix in ("activation", "post_activation"):
+        name = node.attributes.get_string(prefix, "none")
+        spec = ACTIVATIONS.get(name)
+        if spec is None:
+            raise ValueError(f"{prefix} {name!r} is not one of {', '.join(ACTIVATIONS)}")
+        params = spec.resolve(node.attributes.get_floats(f"{prefix}_params", ()))
+        if params is None:
+            raise ValueError(
+                f"{prefix} {name!r} takes {len(spec.params)} parameters "
+                f"({', '.join(p for p, _ in spec.params) or 'none'})"
+            )
+        values[prefix] = name
+        values[f"{prefix}_params"] = params
+    return Epilogue(**values)
+
+
+def _present(node: ir.Node, index: int) -> bool:
+    return len(node.inputs) > index and node.inputs[index] is not None
+
+
+def validate(node: ir.Node) -> str | None:
+    """None if `node` is a well-formed ai.lepton op, else what is wrong with it."""
+    schema = SCHEMAS.get(node.op_type)
+    if node.domain != DOMAIN or schema is None:
+        return f"{node.domain}.{node.op_type} is not an op of {DOMAIN}"
+    n = len(node.inputs)
+    if not schema.min_inputs <= n <= len(schema.inputs):
+        return f"{node.op_type} takes {schema.min_inputs} to {len(schema.inputs)} inputs, got {n}"
+    if any(node.inputs[i] is None for i in range(schema.min_inputs)):
+        return f"{node.op_type}: a required input is missing"
+    if len(node.outputs) != 1:
+        return f"{node.op_type} has one output, got {len(node.outputs)}"
+    for name, attr in node.attributes.items():
+        spec = schema.attribute(name)
+        if spec is None:
+            return f"{node.op_type} has no attribute {name!r}"
+        if attr.is_ref() or attr.type != spec.type:
+            return f"{node.op_type}.{name} must be a {spec.type.name}"
+    try:
+        epilogue = node_epilogue(node)
+    except ValueError as e:
+        return f"{node.op_type}: {e}"
+    if epilogue.post_activation != "none" and not _present(node, RESIDUAL_INPUT):
+        return f"{node.op_type}: post_activation needs the residual input Z"
+    return None
+
+
+def node_dtype(node: ir.Node) -> ir.DataType | None:
+    """The element type T of a node's tensors (from the first input that records one)."""
+    for value in (*node.inputs, *node.outputs):
+        if value is not None and value.dtype is not None:
+            return value.dtype
+    return None
+
+
+def _fmt(x: float) -> str:
+    return "inf" if x == _INF else "-inf" if x == -_INF else f"{x:.9g}"
+
+
+def _token(name: str, params: Sequence[float]) -> str:
+    return f"{name}({','.join(_fmt(p) for p in params)})" if params else name
+
+
+def overload_name(node: ir.Node, dtype: ir.DataType) -> str:
+    """The function overload that computes `node`: type, epilogue and inputs present."""
+    epilogue = node_epilogue(node)
+    parts = [dtype.name.lower(), _token(epilogue.activation, epilogue.activation_params)]
+    # Conv and Gemm take a missing bias themselves; FusedMatMul's bias is an extra Add.
+    if node.op_type == "FusedMatMul" and _present(node, 2):
+        parts.insert(1, "bias")
+    if _present(node, RESIDUAL_INPUT):
+        parts += ["res", _token(epilogue.post_activation, epilogue.post_activation_params)]
+    return ".".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Function bodies.
+
+
+class _Body:
+    """Straight-line node list for a function body; values are named t0, t1, ..."""
+
+    def __init__(self, opset: int, dtype: ir.DataType) -> None:
+        self.opset = opset
+        self.dtype = dtype
+        self.nodes: list[ir.Node] = []
+
+    def op(self, op_type: str, *inputs: ir.Value | None, **attrs: Any) -> ir.Value:
+        attributes = [
+            a if isinstance(a, ir.Attr) else ir.convenience.convert_attribute(k, a)
+            for k, a in attrs.items()
+        ]
+        node = ir.Node("", op_type, inputs, attributes, num_outputs=1)
+        node.outputs[0].name = f"t{len(self.nodes)}"
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def const(self, value: float) -> ir.Value:
+        array = np.array(value, dtype=self.dtype.numpy())
+        out = self.op("Constant", value=ir.tensor(array))
+        # What the rewriter's constant propagation would record later: keeps bodies stable.
+        out.type, out.shape = ir.TensorType(self.dtype), ir.Shape([])
+        return out
+
+
+def _emit_activation(body: _Body, name: str, params: Sequence[float], x: ir.Value) -> ir.Value:
+    opset = body.opset
+    if name == "none":
+        return x
+    if name == "relu":
+        return body.op("Relu", x)
+    if name == "sigmoid":
+        return body.op("Sigmoid", x)
+    if name == "tanh":
+        return body.op("Tanh", x)
+    if name == "leaky_relu":
+        return body.op("LeakyRelu", x, alpha=float(params[0]))
+    if name == "clip":
+        lo, hi = params
+        if opset < 11:
+            return body.op("Clip", x, min=float(lo), max=float(hi))
+        return body.op(
+            "Clip",
+            x,
+            body.const(lo) if lo != -_INF else None,
+            body.const(hi) if hi != _INF else None,
+        )
+    if name == "hard_sigmoid":
+        return body.op("HardSigmoid", x, alpha=float(params[0]), beta=float(params[1]))
+    if name == "hardswish":
+        if opset >= 14:
+            return body.op("HardSwish", x)
+        return body.op("Mul", x, body.op("HardSigmoid", x, alpha=1 / 6, beta=0.5))
+    if name == "silu":
+        return body.op("Mul", x, body.op("Sigmoid", x))
+    if name == "gelu":
+        if opset >= 20:
+            return body.op("Gelu", x)
+        erf = body.op("Erf", body.op("Div", x, body.const(math.sqrt(2.0))))
+        return body.op(
+            "Mul", body.op("Mul", x, body.op("Add", erf, body.const(1.0))), body.const(0.5)
+        )
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def build_function(node: ir.Node, dtype: ir.DataType, opset: int) -> ir.Function:
+    """The ONNX function (domain ai.lepton, overload `overload_name`) that computes `node`."""
+    if (reason := validate(node)) is not None:
+        raise ValueError(reason)
+    schema = SCHEMAS[node.op_type]
+    epilogue = node_epilogue(node)
+    for name in (epilogue.activation, epilogue.post_activation):
+        if ACTIVATIONS[name].min_opset > opset:
+            raise ValueError(f"activation {name!r} needs opset {ACTIVATIONS[name].min_opset}")
+    body = _Body(opset, dtype)
+    inputs = [ir.Value(name=spec.name) for spec in schema.inputs]
+    base_attrs = {a.name: ir.RefAttr(a.name, a.name, a.type) for a in schema.base_attributes}
+    if schema.base_op == "MatMul":
+        y = body.op("MatMul", inputs[0], inputs[1])
+        if _present(node, 2):
+            y = body.op("Add", y, inputs[2])
+    else:
+        y = body.op(schema.base_op, *inputs[:3], **base_attrs)
+    y = _emit_activation(body, epilogue.activation, epilogue.activation_params, y)
+    if _present(node, RESIDUAL_INPUT):
+        y = body.op("Add", y, inputs[RESIDUAL_INPUT])
+        y = _emit_activation(body, epilogue.post_activation, epilogue.post_activation_params, y)
+    y.name = "Y"
+    graph = ir.Graph(inputs, [y], nodes=body.nodes, opset_imports={"": opset})
+    attributes = [ir.Attr(a.name, a.type, None) for a in schema.attributes]
+    return ir.Function(
+        DOMAIN, node.op_type, overload_name(node, dtype), graph=graph, attributes=attributes
+    )
+
+
+def lepton_nodes(model: ir.Model) -> list[ir.Node]:
+    """All ai.lepton nodes of the main graph and its subgraphs (not of functions)."""
+    return [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == DOMAIN]
+
+
+def attach_functions(model: ir.Model) -> bool:
+    """Give every ai.lepton node its overload and function; drop unused ones. Modified?
+
+    Also imports the domain and raises the IR version to 10 (overloads) where needed.
+    Raises ValueError on a malformed node or one whose element type is unknown.
+    """
+    modified = False
+    nodes = lepton_nodes(model)
+    opset = onnx_opset(model)
+    wanted: dict[tuple[str, str, str], ir.Node] = {}
+    for node in nodes:
+        if (reason := validate(node)) is not None:
+            raise ValueError(f"node {node.name!r}: {reason}")
+        dtype = node_dtype(node)
+        if dtype is None or dtype not in FLOAT_TYPES:
+            raise ValueError(f"node {node.name!r}: element type {dtype} is not a float type")
+        overload = overload_name(node, dtype)
+        if node.overload != overload:
+            node.overload = overload
+            modified = True
+        key = (DOMAIN, node.op_type, overload)
+        if key not in wanted:
+            wanted[key] = node
+            if key not in model.functions:
+                if opset is None:
+                    raise ValueError("the model imports no default-domain opset")
+                model.functions[key] = build_function(node, dtype, opset)
+                modified = True
+    for key in [k for k in model.functions if k[0] == DOMAIN and k not in wanted]:
+        del model.functions[key]
+        modified = True
+    if nodes:
+        if model.opset_imports.get(DOMAIN) != VERSION:
+            model.opset_imports[DOMAIN] = VERSION
+            modified = True
+        if (model.ir_version or 0) < MIN_IR_VERSION:
+            model.ir_version = MIN_IR_VERSION
+            modified = True
+    return modified
+
+
+# ---------------------------------------------------------------------------------------
+# numpy references (float64 inside, result in the input's dtype).
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+_ACTIVATION_REFS: dict[str, Callable[..., np.ndarray]] = {
+    "none": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "leaky_relu": lambda x, alpha: np.where(x >= 0, x, alpha * x),
+    "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    "hard_sigmoid": lambda x, alpha, beta: np.clip(alpha * x + beta, 0.0, 1.0),
+    "hardswish": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "silu": lambda x: x * _sigmoid(x),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+}
+
+
+def activation_ref(name: str, x: np.ndarray, params: Sequence[float] = ()) -> np.ndarray:
+    """An activation of ACTIVATIONS on a float64 array (`params` empty: defaults)."""
+    resolved = ACTIVATIONS[name].resolve(params)
+    if resolved is None:
+        raise ValueError(f"activation {name!r}: wrong number of parameters {list(params)}")
+    return _ACTIVATION_REFS[name](x, *resolved)
+
+
+def _conv_pads(
+    auto_pad: str,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int] | None,
+) -> list[int]:
+    n = len(spatial)
+    if auto_pad in ("NOTSET", ""):
+        return list(pads) if pads else [0] * 2 * n
+    if auto_pad == "VALID":
+        return [0] * 2 * n
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else big)
+        end.append(big if auto_pad == "SAME_UPPER" else small)
+    return begin + end
+
+
+def conv_ref(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX Conv in float64: sum over kernel offsets of strided slices (no im2col)."""
+    n_sp = x.ndim - 2
+    kernel = list(kernel_shape or w.shape[2:])
+    strides = list(strides or [1] * n_sp)
+    dilations = list(dilations or [1] * n_sp)
+    p = _conv_pads(auto_pad, x.shape[2:], kernel, strides, dilations, pads)
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(p[i], p[i + n_sp]) for i in range(n_sp)])
+    out = [
+        (xp.shape[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+        for i in range(n_sp)
+    ]
+    m = w.shape[0]
+    cg, mg = x.shape[1] // group, m // group
+    y = np.zeros((x.shape[0], m, *out))
+    w64 = w.astype(np.float64)
+    for g in range(group):
+        xg = xp[:, g * cg : (g + 1) * cg]
+        wg = w64[g * mg : (g + 1) * mg]
+        for offset in np.ndindex(*kernel):
+            window = tuple(
+                slice(o * d, o * d + s * (size - 1) + 1, s)
+                for o, d, s, size in zip(offset, dilations, strides, out, strict=True)
+            )
+            patch = xg[(slice(None), slice(None), *window)]
+            y[:, g * mg : (g + 1) * mg] += np.einsum(
+                "nc...,mc->nm...", patch, wg[(slice(None), slice(None), *offset)]
+            )
+    if b is not None:
+        y += b.astype(np.float64).reshape(1, -1, *[1] * n_sp)
+    return y
+
+
+def gemm_ref(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    transA: int = 0,
+    transB: int = 0,
+) -> np.ndarray:
+    a64 = a.astype(np.float64).T if transA else a.astype(np.float64)
+    b64 = b.astype(np.float64).T if transB else b.astype(np.float64)
+    y = alpha * (a64 @ b64)
+    if c is not None:
+        y = y + beta * c.astype(np.float64)
+    return y
+
+
+def reference(
+    op_type: str, inputs: Sequence[np.ndarray | None], attributes: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """What an ai.lepton op computes, in numpy (no onnxruntime, no torch).
+
+    `inputs` in schema order (None for an absent optional input); `attributes` as plain
+    Python values, with the same names and defaults as the node's.
+    """
+    schema = SCHEMAS[op_type]
+    attrs = dict(attributes or {})
+    unknown = set(attrs) - {a.name for a in schema.attributes}
+    if unknown:
+        raise ValueError(f"{op_type} has no attributes {sorted(unknown)}")
+    inputs = list(inputs) + [None] * (len(schema.inputs) - len(inputs))
+    a, b, bias = inputs[0], inputs[1], inputs[2]
+    if a is None or b is None:
+        raise ValueError(f"{op_type}: a required input is missing")
+    base = {s.name: attrs[s.name] for s in schema.base_attributes if s.name in attrs}
+    if op_type == "FusedConv":
+        y = conv_ref(a, b, bias, **base)
+    elif op_type == "FusedGemm":
+        y = gemm_ref(a, b, bias, **base)
+    else:
+        y = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        if bias is not None:
+            y = y + bias.astype(np.float64)
+    y = activation_ref(attrs.get("activation", "none"), y, attrs.get("activation_params", ()))
+    z = inputs[RESIDUAL_INPUT]
+    post = attrs.get("post_activation", "none")
+    if z is not None:
+        if z.shape != y.shape:
+            raise ValueError(f"residual shape {z.shape} is not the output shape {y.shape}")
+        y = y + z.astype(np.float64)
+        y = activation_ref(post, y, attrs.get("post_activation_params", ()))
+    elif post != "none":
+        raise ValueError("post_activation needs the residual input Z")
+    return y.astype(a.dtype)
