@@ -1,4 +1,4 @@
-"""Command line: ``lepton-compile MODEL`` (the main job), ``gate``, ``passes``."""
+"""Command line: ``lepton-compile MODEL`` (the main job), ``optimize``, ``gate``, ``passes``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from lepton_compile.errors import LeptonError
 
 EXIT_OK, EXIT_CONSTRAINTS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
-SUBCOMMANDS = ("gate", "passes")
+SUBCOMMANDS = ("gate", "optimize", "passes")
 
 _EPILOG = """\
 other commands:
+  lepton-compile optimize MODEL -o OUT     run the graph passes only (verified)
   lepton-compile gate BASE.json CUR.json   compare two reports (CI perf gate)
   lepton-compile passes                    list the graph passes and pipelines
 
@@ -133,6 +134,50 @@ def _compile_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="short measurement windows (CI smoke runs; wider confidence intervals)",
     )
+    p.add_argument(
+        "--window-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds per variant per trial (default: 0.25 s with the estimate, "
+        "max(5 s, 50 meter update periods) with NVML or RAPL)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="bound the whole search; what does not fit is reported as skipped",
+    )
+    p.add_argument(
+        "--variant-timeout-s",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="time limit for each step of a variant (build, verify, measure); a variant past "
+        "it is marked failed and the run goes on (default: 900)",
+    )
+    p.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="address-space limit of each variant's worker process "
+        "(default: 80%% of physical memory)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither reuse nor store results in the result cache "
+        "(default: reuse a whole earlier run of the same model, inputs, recipes, device and "
+        "protocol; see `lepton-compile cache list`)",
+    )
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="build and measure variants in this process instead of one worker process each "
+        "(faster start; a crashing variant then ends the run)",
+    )
     p.add_argument("--calibration-samples", type=int, default=16, metavar="N")
     p.add_argument("--eval-samples", type=int, default=16, metavar="N")
     p.add_argument("--seed", type=int, default=0)
@@ -239,6 +284,12 @@ def _cmd_compile(argv: Sequence[str]) -> int:
         meter=args.meter,
         cpu_watts=args.cpu_watts,
         quick=args.quick,
+        window_s=args.window_s,
+        budget_s=args.budget_s,
+        variant_timeout_s=args.variant_timeout_s,
+        memory_limit_bytes=int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None,
+        isolate=not args.no_isolate,
+        cache=not args.no_cache,
         calibration_samples=args.calibration_samples,
         eval_samples=args.eval_samples,
         seed=args.seed,
@@ -282,6 +333,198 @@ def _cmd_gate(argv: Sequence[str]) -> int:
     return EXIT_OK if passed else EXIT_CONSTRAINTS
 
 
+def _optimize_parser() -> argparse.ArgumentParser:
+    p = _ArgParser(
+        prog="lepton-compile optimize",
+        description="Run a graph-pass pipeline on an ONNX model and write the result. The "
+        "result is checked against the input (onnx.checker, then both models on onnxruntime "
+        "on seeded inputs); a pass that changes the outputs is found, dropped and reported.",
+        epilog="examples:\n"
+        "  lepton-compile optimize model.onnx -o model.opt.onnx\n"
+        "  lepton-compile optimize model.onnx -o out.onnx --input-shape images=1x3x640x640\n"
+        "  lepton-compile optimize model.onnx -o out.onnx --skip fuse-hardswish --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", type=Path, help="the ONNX model (never modified)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="output .onnx file (default: ./MODEL.opt.onnx); written atomically",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="fix an input's shape, e.g. images=1x3x640x640 (repeatable); dimensions not "
+        "fixed stay dynamic and only what is static is folded",
+    )
+    p.add_argument(
+        "--target",
+        choices=["ort", "lepton"],
+        default="ort",
+        help="ort: standard ONNX ops only; lepton: also lepton runtime ops (default: ort)",
+    )
+    p.add_argument(
+        "--pipeline", default="fused", metavar="NAME", help="named pipeline (default: fused)"
+    )
+    p.add_argument(
+        "--passes",
+        default=None,
+        metavar="A,B,C",
+        help="explicit ordered pass list instead of a pipeline (see: lepton-compile passes)",
+    )
+    p.add_argument("--skip", default=None, metavar="X,Y", help="passes to leave out")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not compare the result with the input on onnxruntime (onnx.checker still "
+        "runs); a pass that breaks the model then goes unnoticed",
+    )
+    p.add_argument(
+        "--verify-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DIMS",
+        help="input shape for verification of a still-dynamic model (default: 1 for every "
+        "dynamic dimension)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    p.add_argument("--json", action="store_true", help="print a JSON summary to stdout (no tables)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    return p
+
+
+class _PassStatus:
+    """Instrument that shows the running pass in a rich status line."""
+
+    def __init__(self, status) -> None:  # type: ignore[no-untyped-def]
+        self.status = status
+
+    def before_pass(self, name: str, model: object) -> None:
+        self.status.update(f"optimizing · {name}")
+
+    def after_pass(self, name: str, model: object, result: object) -> None:
+        self.status.update("optimizing · verifying")
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _print_optimize(run, out: Console) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    out.print(
+        f"[bold]{run.source}[/] -> [bold]{run.output}[/] · target {run.target} · "
+        + (f"pipeline {run.pipeline}" if run.pipeline else "explicit pass list")
+    )
+    for note in run.notes:
+        out.print(f"[dim]{note}[/]")
+    ops = Table(title="nodes by op type")
+    ops.add_column("op")
+    for col in ("before", "after", "change"):
+        ops.add_column(col, justify="right")
+    keys = sorted(
+        set(run.ops_before) | set(run.ops_after),
+        key=lambda k: (-max(run.ops_before[k], run.ops_after[k]), k),
+    )
+    for k in keys:
+        b, a = run.ops_before[k], run.ops_after[k]
+        ops.add_row(k, str(b), str(a), f"{a - b:+d}" if a != b else "")
+    b, a = sum(run.ops_before.values()), sum(run.ops_after.values())
+    ops.add_section()
+    ops.add_row("[bold]total[/]", f"[bold]{b}[/]", f"[bold]{a}[/]", f"[bold]{a - b:+d}[/]")
+    out.print(ops)
+    table = Table(title="passes")
+    table.add_column("#", justify="right")
+    table.add_column("pass")
+    for col in ("ms", "nodes", "change"):
+        table.add_column(col, justify="right")
+    for i, r in enumerate(run.result.records, 1):
+        delta = r.nodes_after - r.nodes_before
+        table.add_row(
+            str(i),
+            r.name if r.modified else f"[dim]{r.name}[/]",
+            f"{r.seconds * 1e3:.1f}",
+            f"{r.nodes_before} -> {r.nodes_after}",
+            f"{delta:+d}" if delta else ("changed" if r.modified else ""),
+        )
+    total_s = sum(r.seconds for r in run.result.records)
+    table.add_section()
+    table.add_row("", "[bold]all[/]", f"[bold]{total_s * 1e3:.1f}[/]", f"{b} -> {a}", f"{a - b:+d}")
+    out.print(table)
+    v = run.verification
+    if v is None:
+        out.print("[yellow]verification: off (--no-verify); onnx.checker only[/]")
+    else:
+        shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
+        f32 = v.tolerances.get("float32")
+        tol = f"fp32 rtol {f32.rtol:g}, atol {f32.atol:g} x output scale" if f32 else ""
+        if v.status == "passed":
+            out.print(
+                f"[green]verification: passed[/] (onnxruntime CPU, seed {v.seed}"
+                + (f", {shapes}" if shapes else "")
+                + (f"; {tol}; ints exact" if tol else "")
+                + f"; {v.seconds:.2f} s)"
+            )
+        elif v.status == "skipped":
+            out.print(f"[yellow]verification: outputs not compared: {v.reason}[/]")
+        else:
+            out.print(f"[red]verification: failed: {v.reason}[/]")
+        for d in v.dropped:
+            out.print(f"[yellow]dropped pass {d.name}:[/] {d.reason}")
+        for note in v.notes:
+            out.print(f"[dim]{note}[/]")
+    if run.output is not None and run.output.exists() and not (v and v.status == "failed"):
+        out.print(f"wrote {run.output} ({run.output.stat().st_size:,} bytes)")
+
+
+def _cmd_optimize(argv: Sequence[str]) -> int:
+    args = _optimize_parser().parse_args(argv)
+    err = Console(stderr=True)
+    out = Console() if Console().is_terminal else Console(width=140)
+    _setup_logging(args.verbose, err)
+    from lepton_compile.intake import parse_shape_arg
+    from lepton_compile.optimize import optimize_file
+
+    shapes = dict(parse_shape_arg(s) for s in args.input_shape)
+    verify_shapes = dict(parse_shape_arg(s) for s in args.verify_shape) or None
+    output = args.output or Path.cwd() / f"{args.model.stem}.opt.onnx"
+    kwargs = dict(
+        input_shapes=shapes,
+        target=args.target,
+        pipeline=args.pipeline,
+        passes=_names(args.passes),
+        skip=_names(args.skip) or (),
+        verify=not args.no_verify,
+        verify_shapes=verify_shapes,
+        seed=args.seed,
+    )
+    if args.json or args.quiet:
+        run = optimize_file(args.model, output, **kwargs)
+    else:
+        with err.status("optimizing") as status:
+            run = optimize_file(args.model, output, instruments=[_PassStatus(status)], **kwargs)
+    v = run.verification
+    if args.json:
+        out.print_json(json.dumps(run.to_dict()))
+    else:
+        _print_optimize(run, out)
+    if v is not None and v.status == "failed":
+        print(
+            f"lepton-compile: error: verification failed, nothing written: {v.reason}",
+            file=sys.stderr,
+        )
+        return EXIT_CONSTRAINTS
+    return EXIT_OK
+
+
 def _cmd_passes(argv: Sequence[str]) -> int:
     p = _ArgParser(prog="lepton-compile passes", description="List graph passes and pipelines.")
     p.parse_args(argv)
@@ -303,7 +546,7 @@ def _cmd_passes(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"gate": _cmd_gate, "passes": _cmd_passes}
+    commands = {"gate": _cmd_gate, "optimize": _cmd_optimize, "passes": _cmd_passes}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
