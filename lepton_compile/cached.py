@@ -135,3 +135,20 @@ def _pickle(obj: Any) -> str | None:
 
 def _unpickle(text: str | None) -> Any:
     return None if not text else pickle.loads(base64.b64decode(text))
+
+
+def prune_artifacts(path: str | os.PathLike[str] | None = None) -> int:
+    """Remove stored artifacts whose result is no longer in the cache; returns how many."""
+    store = ResultCache(path)
+    try:
+        keys = {r.key for r in store.list()}
+        adir = store.path.parent / "artifacts"
+        removed = 0
+        if adir.is_dir():
+            for f in adir.glob("*.onnx"):
+                if f.stem not in keys:
+                    f.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+    finally:
+        store.close()

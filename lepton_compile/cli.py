@@ -18,13 +18,15 @@ from lepton_compile.errors import LeptonError
 
 EXIT_OK, EXIT_CONSTRAINTS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
-SUBCOMMANDS = ("gate", "optimize", "passes")
+SUBCOMMANDS = ("bench", "cache", "gate", "optimize", "passes")
 
 _EPILOG = """\
 other commands:
   lepton-compile optimize MODEL -o OUT     run the graph passes only (verified)
   lepton-compile gate BASE.json CUR.json   compare two reports (CI perf gate)
   lepton-compile passes                    list the graph passes and pipelines
+  lepton-compile bench MODEL               measure one model as it is (no search)
+  lepton-compile cache list|clear          the result cache of earlier runs
 
 exit codes: 0 success, 1 nothing met the constraints / gate failed,
             2 bad input or usage, 3 internal error
@@ -33,6 +35,12 @@ examples:
   lepton-compile model.onnx --input-shape images=1x3x320x320
   lepton-compile model.onnx --objective latency --recipes fused,int8-qdq --json
 """
+
+
+def _backend_choices() -> list[str]:
+    from lepton_compile.runtime import BACKENDS
+
+    return sorted(BACKENDS)
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -93,7 +101,7 @@ def _compile_parser() -> argparse.ArgumentParser:
         "--backend",
         action="append",
         default=None,
-        choices=["ort"],
+        choices=_backend_choices(),
         help="runtime backend(s) (default: ort)",
     )
     p.add_argument(
@@ -544,9 +552,90 @@ def _cmd_passes(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(argv: Sequence[str]) -> int:
+    from lepton_compile.bench.cache import main as cache_main
+    from lepton_compile.cached import prune_artifacts
+
+    code = cache_main(list(argv), prog="lepton-compile cache")
+    if code == 0 and "clear" in argv:
+        path = argv[argv.index("--path") + 1] if "--path" in argv else None
+        n = prune_artifacts(path)
+        print(f"removed {n} stored model file(s)")
+    return code
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    p = _ArgParser(
+        prog="lepton-compile bench",
+        description="Measure a model as it is, on one or more backends, with the same protocol "
+        "as the search (warm-up, interleaved trials, 95%% CIs, energy meter): no variants, "
+        "no selection, nothing written unless -o is given.",
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
+    p.add_argument("--inputs", type=Path, default=None, metavar="DIR")
+    p.add_argument("--backend", action="append", default=None, choices=_backend_choices())
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--meter", choices=["auto", "nvml", "rapl", "estimate"], default="auto")
+    p.add_argument("--cpu-watts", type=float, default=None)
+    p.add_argument("--window-s", type=float, default=None, metavar="S")
+    p.add_argument("--quick", action="store_true", help="short windows (smoke runs)")
+    p.add_argument("--no-isolate", action="store_true")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the report (report.json/.md/.html) to this directory",
+    )
+    p.add_argument("--json", action="store_true", help="print the report JSON")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _cmd_bench(argv: Sequence[str]) -> int:
+    args = _bench_parser().parse_args(argv)
+    err = Console(stderr=True)
+    out = Console() if Console().is_terminal else Console(width=140)
+    _setup_logging(args.verbose, err)
+    from lepton_compile.engine import compile
+    from lepton_compile.intake import parse_shape_arg
+    from lepton_compile.report import print_table
+
+    result = compile(
+        args.model,
+        input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
+        recipes=["original"],
+        backends=tuple(args.backend or ["ort"]),
+        device=args.device,
+        inputs_dir=args.inputs,
+        meter=args.meter,
+        cpu_watts=args.cpu_watts,
+        window_s=args.window_s,
+        quick=args.quick,
+        isolate=not args.no_isolate,
+        cache=False,
+        calibration_samples=0,
+        eval_samples=1,
+    )
+    if args.output:
+        result.save(args.output)
+    if args.json:
+        out.print_json(json.dumps(result.report))
+    else:
+        print_table(result.report, out)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"gate": _cmd_gate, "optimize": _cmd_optimize, "passes": _cmd_passes}
+    commands = {
+        "bench": _cmd_bench,
+        "cache": _cmd_cache,
+        "gate": _cmd_gate,
+        "optimize": _cmd_optimize,
+        "passes": _cmd_passes,
+    }
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
@@ -559,6 +648,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else EXIT_BAD_INPUT
+    except Exception as e:  # a bug: keep the traceback, say so, and use our own exit code
+        import traceback
+
+        traceback.print_exc()
+        print(f"lepton-compile: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

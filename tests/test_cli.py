@@ -242,3 +242,37 @@ def test_light_models_end_to_end(tmp_path: Path, name: str):
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     feed = {inp.name: np.random.default_rng(1).random(shape, dtype=np.float32)}
     agrees_with_original(src, out / "best.onnx", feed)
+
+
+def test_bench_measures_without_search(tmp_path: Path, mlp_path: Path, capsys):
+    out = tmp_path / "b"
+    assert main(["bench", str(mlp_path), "--quick", "--no-isolate", "--json", "-o", str(out)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [v["id"] for v in rep["variants"]] == ["original-ort-cpu"]
+    assert rep["variants"][0]["latency_ms"]["mean"] > 0
+    assert (out / "report.json").is_file()
+
+
+def test_cache_list_and_clear(tmp_path: Path, mlp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("LEPTON_CACHE", str(tmp_path / "c.sqlite"))
+    assert run_cli(str(mlp_path), "-o", str(tmp_path / "o"), "--recipes", "fused") == 0
+    capsys.readouterr()
+    assert main(["cache", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "fused" in listed and "original" in listed
+    assert main(["cache", "clear"]) == 0
+    assert "removed 2 stored model file(s)" in capsys.readouterr().out  # original, fused
+    assert main(["cache", "list", "--json"]) == 0
+    assert capsys.readouterr().out.strip() == ""  # JSON lines: none left
+    assert not list((tmp_path / "artifacts").glob("*.onnx"))
+
+
+def test_internal_error_exit_code(monkeypatch, mlp_path: Path, capsys):
+    import lepton_compile.engine as engine
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(engine, "compile", broken)
+    assert main([str(mlp_path)]) == 3
+    assert "internal error" in capsys.readouterr().err
