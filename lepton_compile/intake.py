@@ -103,7 +103,8 @@ def _dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
         return None
     out: list[int | str | None] = []
     for d in t.shape.dim:
-        if d.HasField("dim_value"):
+        # Some exporters (Paddle) write dim_value -1 for a dynamic dimension.
+        if d.HasField("dim_value") and d.dim_value > 0:
             out.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             out.append(d.dim_param)

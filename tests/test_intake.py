@@ -135,3 +135,21 @@ def test_sha256_and_size(tinycnn_path: Path):
     assert m.sha256 == hashlib.sha256(tinycnn_path.read_bytes()).hexdigest()
     assert m.size_bytes == tinycnn_path.stat().st_size
     assert np.dtype(m.inputs[0].dtype) == np.float32
+
+
+def test_negative_dim_value_is_dynamic(tmp_path: Path):
+    model = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 3, 8, 8] x) => (float[1, 3, 8, 8] y) { y = Relu (x) }
+        """
+    )
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = -1  # Paddle's way of writing a dynamic dimension
+    dims[2].dim_value = -1
+    p = tmp_path / "m.onnx"
+    onnx.save(model, p)
+    with pytest.raises(InputError, match="dynamic dimension 2"):
+        load_model(p)
+    m = load_model(p, {"x": [2, 3, 5, 8]})
+    assert m.inputs[0].shape == (2, 3, 5, 8)
