@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
 
 ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -46,6 +50,35 @@ def private_initializer(value: ir.Value | None, allowed_users: set[ir.Node]) -> 
     if value.is_graph_input() or value.is_graph_output():
         return False
     return all(user in allowed_users for user, _ in value.uses())
+
+
+# IR version 4 (onnx 1.4) is the first that lets an initializer exist without being
+# listed as a graph input: onnx.checker rejects such an initializer below it.
+MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS = 4
+
+
+def allow_private_initializers(model: ir.Model) -> bool:
+    """Bump an IR < 4 model to IR 4 if any graph holds an initializer that is no input.
+
+    A pass that registers a new initializer (folded or lifted constants, merged shapes)
+    must call this: an IR 3 model may only have initializers that are also graph inputs.
+    Returns whether the version changed.
+    """
+    if (model.ir_version or 0) >= MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS:
+        return False
+    if not any(
+        not value.is_graph_input()
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+    ):
+        return False
+    logger.info(
+        "IR version %s -> %s: the model has initializers that are not graph inputs",
+        model.ir_version,
+        MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS,
+    )
+    model.ir_version = MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS
+    return True
 
 
 def fresh_name(graph: ir.Graph, base: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 
@@ -16,6 +17,7 @@ from onnxscript.rewriter.rules import common as rules
 from lepton_compile.passes import cleanup_rules
 from lepton_compile.passes._utils import (
     ONNX_DOMAINS,
+    allow_private_initializers,
     const_array,
     fresh_name,
     is_onnx_op,
@@ -23,10 +25,6 @@ from lepton_compile.passes._utils import (
 )
 
 logger = logging.getLogger(__name__)
-
-# IR version 4 (onnx 1.4) is the first that lets an initializer exist without being
-# listed as a graph input; older models must be bumped when those inputs are dropped.
-_MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS = 4
 
 
 class RemoveInitializerInputsPass(ir.passes.InPlacePass):
@@ -40,14 +38,219 @@ class RemoveInitializerInputsPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = common_passes.RemoveInitializersFromInputsPass()(model)
-        if result.modified and (model.ir_version or 0) < _MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS:
-            logger.info(
-                "IR version %s -> %s: initializers are no longer graph inputs",
-                model.ir_version,
-                _MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS,
-            )
-            model.ir_version = _MIN_IR_VERSION_FOR_PRIVATE_INITIALIZERS
+        if result.modified:
+            allow_private_initializers(model)
         return ir.passes.PassResult(model, result.modified)
+
+
+class LiftConstantsPass(ir.passes.InPlacePass):
+    """Constant nodes -> initializers (onnx-ir's pass, valid at any IR version).
+
+    onnx-ir 1.1.0's LiftConstantsToInitializersPass registers initializers that are not
+    graph inputs whatever the model's IR version; below IR 4 onnx.checker rejects that
+    ("in initializer but not in graph input": the onnx wheel's IR 3 pytorch-operator
+    models). The model is moved to IR 4 when anything was lifted, as
+    RemoveInitializerInputsPass does.
+
+    Args: those of onnx-ir's pass (`lift_all_constants`, `size_limit`).
+    """
+
+    def __init__(self, *, lift_all_constants: bool = False, size_limit: int = 16) -> None:
+        super().__init__()
+        self.lift_all_constants = lift_all_constants
+        self.size_limit = size_limit
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        lift = common_passes.LiftConstantsToInitializersPass(
+            lift_all_constants=self.lift_all_constants, size_limit=self.size_limit
+        )
+        modified = lift(model).modified
+        if modified:
+            allow_private_initializers(model)
+        return ir.passes.PassResult(model, modified)
+
+
+def _tensor_bytes(tensor: ir.TensorProtocol) -> np.ndarray | None:
+    """The tensor's content as a C-contiguous uint8 array (None: unreadable)."""
+    try:
+        if tensor.dtype.is_string():
+            # Fixed-width bytes: equal string lists give equal bytes (shape is in the key).
+            array = np.array(tensor.string_data())  # type: ignore[attr-defined]
+        else:
+            array = tensor.numpy()
+    except Exception:  # external data not at hand, ...
+        return None
+    # Folded tensors wrap whatever numpy returned, often a transposed or strided view.
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+class DeduplicateInitializersPass(ir.passes.InPlacePass):
+    """Initializers with equal dtype, shape and bytes -> one initializer, in each graph.
+
+    onnx-ir 1.1.0's DeduplicateHashedInitializersPass hashes `tensor.numpy()` as a
+    buffer, which raises "ndarray is not C-contiguous" on the strided arrays that
+    constant folding leaves (a folded Transpose: pytorch-converted test_Linear_no_bias),
+    fails on string tensors, and warns about every initializer that is a graph input
+    (all weights of an IR 3 model). Ours hashes a contiguous copy only where needed and
+    compares the bytes of equal hashes (NaNs with equal bits are equal). Graph inputs
+    (overridable) and graph outputs are never merged.
+
+    Args:
+        size_limit: largest initializer (in elements) compared.
+    """
+
+    def __init__(self, *, size_limit: int = 1 << 24) -> None:
+        super().__init__()
+        self.size_limit = size_limit
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        count = 0
+        for graph in model.graphs():
+            kept: dict[tuple[ir.DataType, tuple[int, ...], bytes], list[ir.Value]] = {}
+            for value in tuple(graph.initializers.values()):
+                tensor = value.const_value
+                if value.is_graph_input() or value.is_graph_output() or tensor is None:
+                    continue
+                if tensor.size > self.size_limit:
+                    continue
+                data = _tensor_bytes(tensor)
+                if data is None:
+                    continue
+                digest = hashlib.sha256(data.data).digest()
+                key = (tensor.dtype, tuple(tensor.shape.numpy()), digest)
+                same = kept.setdefault(key, [])
+                for other in same:
+                    assert other.const_value is not None
+                    other_data = _tensor_bytes(other.const_value)
+                    if other_data is not None and np.array_equal(other_data, data):
+                        value.replace_all_uses_with(other)
+                        assert value.name is not None
+                        graph.initializers.pop(value.name)
+                        logger.debug("Initializer %s merged into %s", value.name, other.name)
+                        count += 1
+                        break
+                else:
+                    same.append(value)
+        if count:
+            logger.info("Merged %d duplicate initializers", count)
+        return ir.passes.PassResult(model, bool(count))
+
+
+def _in_scope(value: ir.Value, graph: ir.Graph | None) -> bool:
+    """Whether `value` is defined in `graph` itself (not in an enclosing graph)."""
+    return graph is not None and value.graph is graph
+
+
+def _merge_type_and_shape(x: ir.Value, y: ir.Value) -> None:
+    """What y = Identity(x) knows of its value and x does not: x's type if unknown,
+    static dims where x's are symbolic (same rank only)."""
+    if x.type is None:
+        x.type = y.type
+    if y.shape is None:
+        return
+    if x.shape is None:
+        x.shape = y.shape
+    elif len(x.shape) == len(y.shape) and x.shape != y.shape:
+        x.shape = ir.Shape(_merge_dim(a, b) for a, b in zip(x.shape, y.shape, strict=True))
+
+
+def _merge_dim(a: int | ir.SymbolicDim, b: int | ir.SymbolicDim) -> int | ir.SymbolicDim:
+    if isinstance(a, int):
+        return a
+    if isinstance(b, int):
+        return b
+    return a if a.value is not None else b
+
+
+class EliminateIdentityPass(ir.passes.InPlacePass):
+    """Identity(x) -> x, in every graph, subgraph and function.
+
+    onnx-ir 1.1.0's IdentityEliminationPass turns `y = Add(a, b); z = Identity(y)`, with
+    y and z both graph outputs, into outputs (z, z): it renames y to z although y is
+    itself an output (ORT: "a graph lists an output twice"; Scan/Loop bodies of the
+    onnx backend node tests). Ours keeps an Identity whose output is a graph output when
+    x cannot take its name: x is a graph input, an initializer, another graph output, or
+    defined in an enclosing graph (renaming it would rename the outer value).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        count = 0
+        roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        for root in roots:
+            for node in list(ir.traversal.RecursiveGraphIterator(root)):
+                if self._eliminate(node):
+                    count += 1
+        if count:
+            logger.debug("Removed %d Identity nodes", count)
+        return ir.passes.PassResult(model, bool(count))
+
+    @staticmethod
+    def _eliminate(node: ir.Node) -> bool:
+        if not is_onnx_op(node, "Identity") or len(node.inputs) != 1 or len(node.outputs) != 1:
+            return False
+        x, y, graph = node.inputs[0], node.outputs[0], node.graph
+        if x is None or graph is None:
+            return False
+        if y.is_graph_output():
+            if (
+                x.is_graph_input()
+                or x.is_initializer()
+                or x.is_graph_output()
+                or not _in_scope(x, graph)
+            ):
+                return False
+            # x now stands for the graph output and takes its name.
+            _merge_type_and_shape(x, y)
+            name = y.name
+            ir.convenience.replace_all_uses_with(y, x, replace_graph_outputs=True)
+            graph.remove(node, safe=True)
+            x.name = name
+            return True
+        if not (x.is_graph_input() or x.is_initializer()):
+            _merge_type_and_shape(x, y)
+        y.replace_all_uses_with(x)
+        graph.remove(node, safe=True)
+        return True
+
+
+# Domain a node is moved to while onnxscript's folder runs, so that the folder skips it.
+_HIDDEN_DOMAIN = "lepton.hidden_from_folder"
+
+
+def _folder_mishandles(node: ir.Node, opset: int | None) -> str | None:
+    """Why onnxscript's folder (0.7.2) must not see this node, or None.
+
+    Its partial evaluators for the sequence ops are registered for every opset but emit
+    opset-13+ forms (Split's `split` and Squeeze/Unsqueeze's `axes` as inputs) and
+    opset-18+ forms (Split's `num_outputs`, for a scalar split), and the one for
+    SplitToSequence raises on a split that is neither constant nor 1-D (it reads `.ndim`
+    off the missing value). A split that only becomes constant while the folder runs is
+    seen by the next round.
+    """
+    if node.domain not in ONNX_DOMAINS or opset is None:
+        return None
+    if node.op_type == "ConcatFromSequence" and opset < 13:
+        if node.attributes.get_int("new_axis", 0) == 1:
+            return f"it would emit Unsqueeze with an axes input at opset {opset}"
+    if node.op_type != "SplitToSequence" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return None
+    if opset < 13:
+        return f"it would emit Split/Squeeze with input operands at opset {opset}"
+    split = node.inputs[1]
+    try:
+        tensor = ir.convenience.get_const_tensor(split)
+    except ValueError:  # a malformed Constant
+        tensor = None
+    rank: int | None
+    if tensor is not None:
+        rank = len(tensor.shape)
+    else:
+        rank = len(split.shape) if split.shape is not None else None
+    if rank == 1:
+        return None
+    if rank == 0 and tensor is not None and opset >= 18:
+        return None
+    return f"split of rank {rank} ({'constant' if tensor is not None else 'not constant'})"
 
 
 class ConstantFoldingPass(ir.passes.InPlacePass):
@@ -64,6 +267,10 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
     - it folds Gather(Shape(x), i) only for 1-D indices and only through a fully static
       Shape; exporters gather single dims with scalar indices while another dim (batch,
       sequence) stays symbolic (`cleanup_rules.FoldShapeGather`).
+
+    - its sequence-op evaluators ignore the model's opset (`_folder_mishandles`): such
+      nodes are hidden from it (moved to a private domain while it runs; its `should_fold`
+      hook is asked only after those evaluators ran), and stay as they are.
 
     Folding, materialising and the Gather rule repeat until none changes anything. The
     Gather rule leaves small Constant nodes where the folder cannot go on from them
@@ -157,7 +364,12 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
                 output_size_limit=self.size_limit,
                 should_fold=self._should_fold,
             )
-            changed = folder(model).modified
+            hidden = self._hide_from_folder(model, opset)
+            try:
+                changed = folder(model).modified
+            finally:
+                for node, domain in hidden:
+                    node.domain = domain
             if self.fold_constant_of_shape:
                 changed |= self._materialize_constant_of_shape(model)
             if opset is not None:
@@ -169,7 +381,22 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
         if modified:
             # Folding leaves the folded-away producers (and Constant nodes) dead.
             common_passes.RemoveUnusedNodesPass()(model)
+            # Folded values and materialised fills are new initializers.
+            allow_private_initializers(model)
         return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _hide_from_folder(model: ir.Model, opset: int | None) -> list[tuple[ir.Node, str]]:
+        hidden = []
+        roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        for root in roots:
+            for node in ir.traversal.RecursiveGraphIterator(root):
+                reason = _folder_mishandles(node, opset)
+                if reason is not None:
+                    logger.debug("%s %s not folded: %s", node.op_type, node.name, reason)
+                    hidden.append((node, node.domain))
+                    node.domain = _HIDDEN_DOMAIN
+        return hidden
 
 
 class RemoveUnusedPass(ir.passes.InPlacePass):
@@ -365,7 +592,10 @@ class SimplifyPass(ir.passes.InPlacePass):
                 break
             rewritten = True
             # Patterns look through no Identity: drop those this round left behind.
-            common_passes.IdentityEliminationPass()(model)
-        cleaned = common_passes.IdentityEliminationPass()(model).modified
+            EliminateIdentityPass()(model)
+        cleaned = EliminateIdentityPass()(model).modified
         removed = common_passes.RemoveUnusedNodesPass()(model).modified if rewritten else False
+        if rewritten:
+            # Merged Reshape/Slice/Squeeze operands are new initializers.
+            allow_private_initializers(model)
         return ir.passes.PassResult(model, rewritten or cleaned or removed)

@@ -13,7 +13,10 @@ import onnx_ir.passes.common as common_passes
 from lepton_compile.passes import cleanup
 from lepton_compile.passes.cleanup import (
     ConstantFoldingPass,
+    DeduplicateInitializersPass,
     EliminateDropoutPass,
+    EliminateIdentityPass,
+    LiftConstantsPass,
     RemoveInitializerInputsPass,
     RemoveUnusedPass,
     SimplifyPass,
@@ -26,6 +29,7 @@ from lepton_compile.passes.fusion import (
     FuseMatMulBatchNormPass,
     FusePadPass,
 )
+from lepton_compile.passes.fusion_gemm_nd import FuseMatMulAddNdPass
 from lepton_compile.passes.fusion_lepton import FuseLeptonPass
 from lepton_compile.passes.fusion_nn import (
     DetectSiLUPass,
@@ -76,7 +80,7 @@ def register_pass(
 def _lift_constants(**options: Any) -> ir.passes.PassBase:
     # All Constant nodes, whatever their size: fusions look for initializers.
     options = {"lift_all_constants": True, "size_limit": 0, **options}
-    return common_passes.LiftConstantsToInitializersPass(**options)
+    return LiftConstantsPass(**options)
 
 
 def _infer_shapes(**options: Any) -> ir.passes.PassBase:
@@ -117,8 +121,8 @@ register_pass(
 )
 register_pass(
     "eliminate-identity",
-    "Identity nodes are bypassed",
-    common_passes.IdentityEliminationPass,
+    "Identity nodes are bypassed (kept where a graph output would lose its name)",
+    EliminateIdentityPass,
 )
 register_pass(
     "simplify",
@@ -188,23 +192,25 @@ register_pass(
     targets={"lepton"},
 )
 register_pass(
+    "fuse-matmul-add-nd",
+    "Add(MatMul(a, b[K, N]), c[N]) with static N-D a becomes Reshape-Gemm-Reshape, Reshapes "
+    "merged and shared; kept only if the graph has fewer nodes",
+    FuseMatMulAddNdPass,
+)
+register_pass(
     "cse",
     "common subexpression elimination (random ops and training-mode Dropout never merged)",
     cleanup.CommonSubexpressionEliminationPass,
 )
 
 
-def _dedup_initializers(**options: Any) -> ir.passes.PassBase:
-    # Hashed, so that large weights (the light models' constant fills) can be compared
-    # without keeping a second copy of their bytes as dictionary keys.
-    options = {"size_limit": 1 << 24, **options}
-    return common_passes.DeduplicateHashedInitializersPass(**options)
-
-
+# Hashed (ours, not onnx-ir's, see DeduplicateInitializersPass), so that large weights
+# (the light models' constant fills) are compared without keeping a second copy of
+# their bytes as dictionary keys.
 register_pass(
     "dedup-initializers",
     "initializers with equal dtype, shape and content are merged",
-    _dedup_initializers,
+    DeduplicateInitializersPass,
 )
 register_pass(
     "topological-sort",
@@ -252,6 +258,8 @@ PIPELINES: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "fuse-attention",
             # Last fusion: absorbs the activations the fusions above produce (lepton only).
             "fuse-lepton",
+            # After every fusion that wants MatMul+Add; merges and shares its Reshapes itself.
+            "fuse-matmul-add-nd",
             *_FINISH,
         ),
     }
