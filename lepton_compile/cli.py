@@ -102,7 +102,9 @@ def _compile_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         choices=_backend_choices(),
-        help="runtime backend(s) (default: ort)",
+        help="runtime backend(s), repeatable: ort (onnxruntime), lepton (ONNX lowered to "
+        "torch), lepton+inductor (the same through torch.compile); default: ort, plus lepton "
+        "when torch is installed, or $LEPTON_BACKENDS",
     )
     p.add_argument(
         "--device",
@@ -284,7 +286,7 @@ def _cmd_compile(argv: Sequence[str]) -> int:
         input_shapes=shapes,
         objective=args.objective,
         recipes=recipes,
-        backends=tuple(args.backend or ["ort"]),
+        backends=tuple(args.backend) if args.backend else None,
         device=args.device,
         inputs_dir=args.inputs,
         max_accuracy_drop=max_drop,
@@ -606,7 +608,7 @@ def _cmd_bench(argv: Sequence[str]) -> int:
         args.model,
         input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
         recipes=["original"],
-        backends=tuple(args.backend or ["ort"]),
+        backends=tuple(args.backend) if args.backend else None,
         device=args.device,
         inputs_dir=args.inputs,
         meter=args.meter,

@@ -22,7 +22,7 @@ from lepton_compile.bench.protocol import Measurement, Protocol, measure
 from lepton_compile.bench.stats import Stats
 from lepton_compile.cached import VariantCache, inputs_fingerprint
 from lepton_compile.errors import InputError
-from lepton_compile.runtime import get_backend
+from lepton_compile.runtime import default_backends, get_backend
 from lepton_compile.worker import (
     DEFAULT_TIMEOUT_S,
     VariantWorker,
@@ -205,7 +205,7 @@ def compile(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     objective: str = "energy",
     recipes: Sequence[str | recipe_lib.Recipe] | None = None,
-    backends: Sequence[str] = ("ort",),
+    backends: Sequence[str] | None = None,
     device: str = "auto",
     inputs_dir: str | Path | None = None,
     max_accuracy_drop: float = 0.01,
@@ -247,7 +247,7 @@ def compile(
     obs.stage("loading model")
     loaded = intake.load_model(model, input_shapes)
     feeds = inputs.prepare(loaded, inputs_dir, calibration_samples, eval_samples, seed)
-    targets = _targets(backends, device)
+    targets = _targets(backends or default_backends(), device)
     meter_device = "cuda" if any(d == "cuda" for _, d in targets) else "cpu"
     try:
         meter_obj = get_meter(meter, device=meter_device, cpu_watts=cpu_watts)
@@ -260,7 +260,14 @@ def compile(
 
     tmp = tempfile.TemporaryDirectory(prefix="lepton-")
     work = Path(tmp.name)
-    variants = [VariantResult(f"{r.name}-{b}-{d}", r, b, d) for b, d in targets for r in chosen]
+    variants = [
+        VariantResult(f"{r.name}-{b}-{d}", r, b, d)
+        for b, d in targets
+        for r in chosen
+        if r.backends is None or b in r.backends
+    ]
+    if not variants or variants[0].recipe.name != "original":
+        raise InputError("the original must run on the first backend")
     baseline = variants[0]
     from lepton_compile.bench.device import device_record
 

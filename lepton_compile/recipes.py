@@ -31,6 +31,8 @@ class Recipe:
     options: Mapping[str, Any] = field(default_factory=dict)
     needs_calibration: bool = False
     custom_step: str | None = None
+    target: str = "ort"  # the pass target: "lepton" adds ai.lepton fused ops
+    backends: tuple[str, ...] | None = None  # only these backends run it (None: all)
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +41,7 @@ class Recipe:
             "pipeline": self.pipeline,
             "precision_pass": self.precision_pass,
             "options": dict(self.options),
+            "target": self.target,
             **({"custom_step": self.custom_step} if self.custom_step else {}),
         }
 
@@ -51,6 +54,14 @@ RECIPES: dict[str, Recipe] = {
             "fused",
             "cleanup, constant folding, Conv+BN folding, MatMul+Add->Gemm (standard ONNX ops)",
             pipeline="fused",
+        ),
+        Recipe(
+            "fused-lepton",
+            "fused graph plus Conv/Gemm/MatMul + bias + activation (+ residual) as ai.lepton "
+            "fused ops, for the lepton backend",
+            pipeline="fused",
+            target="lepton",
+            backends=("lepton", "lepton+inductor"),
         ),
         Recipe(
             "fp16",
@@ -71,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
     ]
 }
 
-DEFAULT_RECIPES = ("original", "fused", "fp16", "int8-qdq")
+DEFAULT_RECIPES = ("original", "fused", "fused-lepton", "fp16", "int8-qdq")
 
 
 def resolve(names: Sequence[str | Recipe] | None) -> list[Recipe]:
@@ -101,7 +112,7 @@ def build(
     records: list[dict] = []
     current = model
     if recipe.pipeline:
-        res = passes.optimize(current, pipeline=recipe.pipeline, target="ort")
+        res = passes.optimize(current, pipeline=recipe.pipeline, target=recipe.target)
         current = res.model
         records.extend(_record(r) for r in res.records)
     if recipe.precision_pass:

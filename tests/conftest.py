@@ -21,6 +21,8 @@ LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" /
 def _private_result_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or fill the user's result cache."""
     os.environ["LEPTON_CACHE"] = str(tmp_path_factory.mktemp("cache") / "results.sqlite")
+    # onnxruntime only, unless a test asks for more: a torch worker per variant is slow to start.
+    os.environ.setdefault("LEPTON_BACKENDS", "ort")
 
 
 def light_models() -> list[Path]:

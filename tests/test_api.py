@@ -90,3 +90,14 @@ def test_no_cache_stores_nothing(tmp_path: Path, mlp_path: Path):
     db = tmp_path / "cache.sqlite"
     lepton_compile.compile(mlp_path, quick=True, cache=False, cache_path=db, eval_samples=2)
     assert not db.exists()
+
+
+def test_lepton_backend_variants(tmp_path: Path, mlp_path: Path):
+    pytest.importorskip("torch", reason="the lepton backend needs torch")
+    res = lepton_compile.compile(mlp_path, backends=["ort", "lepton"], quick=True, eval_samples=2)
+    by = {v.id: v for v in res.variants}
+    assert by["original-lepton-cpu"].status == "ok"
+    assert by["fused-lepton-lepton-cpu"].status == "ok"
+    assert "fused-lepton-ort-cpu" not in by  # ai.lepton ops are for the lepton backend
+    assert by["original-lepton-cpu"].session["backend"] == "lepton"
+    assert res.baseline.id == "original-ort-cpu"

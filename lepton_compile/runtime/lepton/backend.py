@@ -1,0 +1,347 @@
+"""LeptonBackend / LeptonSession: the Backend protocol (runtime/base.py) over lowered programs.
+
+A session owns one `Lowering` of the model and a small cache of programs, one per set of
+input shapes (and values of pinned inputs, see below). Each program runs in one of three
+modes: eager (the fx GraphModule), `torch.compile` with Inductor, and on CUDA either of those
+captured whole as a CUDA graph (static input buffers: feeds are copied in, the graph is
+replayed, outputs are copied out). Capture that fails falls back to eager replay of the
+same program, logged and recorded in `describe()`.
+
+Pinned inputs: a converter that needs a value at lowering time (a Reshape target, Slice
+bounds, ...) which comes from a graph input rather than from an initializer makes the
+session specialize on that input's value: it is treated as a constant, and a feed with a
+different value gets its own program. Only small inputs (shape-like, at most
+`lower.PIN_LIMIT` elements) are pinned; production models after passes never need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton_compile.errors import NotSupported
+
+log = logging.getLogger(__name__)
+
+TORCH_HINT = (
+    "the lepton backend needs torch: pip install 'lepton-compile[lepton]' "
+    "(CPU-only machines: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+)
+_DTYPES = {
+    None: None,
+    "": None,
+    "model": None,
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+}
+KNOWN_OPTIONS = ("dtype", "channels_last", "cuda_graphs", "compile", "threads", "tf32")
+MAX_PROGRAMS = 16
+
+
+def torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def parse_options(device: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated options with defaults filled in; ValueError on a bad value."""
+    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+    if unknown:
+        log.warning("lepton backend ignores unknown options: %s", ", ".join(unknown))
+    dtype = options.get("dtype")
+    if dtype not in _DTYPES:
+        raise ValueError(f"lepton option dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    compile_ = options.get("compile")
+    if compile_ not in (None, "", "inductor"):
+        raise ValueError(f"lepton option compile must be None or 'inductor', got {compile_!r}")
+    on_cuda = device.startswith("cuda")
+    cuda_graphs = bool(options.get("cuda_graphs", on_cuda)) and on_cuda
+    threads = options.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"lepton option threads must be a positive int, got {threads!r}")
+    return {
+        "dtype": _DTYPES[dtype],
+        "channels_last": bool(options.get("channels_last", False)),
+        "cuda_graphs": cuda_graphs,
+        "compile": compile_ or None,
+        "threads": threads,
+        "tf32": bool(options.get("tf32", False)),
+    }
+
+
+class _Eager:
+    """Runs a program (or its compiled form) on the device; inputs arrive on the CPU."""
+
+    def __init__(self, fn: Callable[..., Any], device: Any):
+        self.fn = fn
+        self.device = device
+
+    def __call__(self, inputs: Sequence[Any]) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            args = [t.to(self.device) for t in inputs]
+            return list(self.fn(*args))
+
+
+class _CudaGraph:
+    """The whole forward captured as one CUDA graph over static input/output buffers."""
+
+    def __init__(self, fn: Callable[..., Any], example: Sequence[Any], warmup: int = 3):
+        import torch
+
+        self.static_in = [t.clone() for t in example]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(warmup):  # allocator, cuDNN/cuBLAS handles, autotuning
+                fn(*self.static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self.static_out = list(fn(*self.static_in))
+        torch.cuda.synchronize()
+
+    def __call__(self, inputs: Sequence[Any]) -> list[Any]:
+        for dst, src in zip(self.static_in, inputs, strict=True):
+            dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.static_out  # read before the next replay (run() copies to numpy)
+
+
+class LeptonSession:
+    """A model lowered to torch; `run(feeds)` -> numpy outputs, as every backend's session."""
+
+    def __init__(self, model: Path | Any, device: str, options: Mapping[str, Any]):
+        """`model`: a path, or an onnx.ModelProto (external data then resolves nowhere)."""
+        import onnx
+        import torch
+
+        from lepton_compile.runtime.lepton.lower import Lowering, Options, unsupported_ops
+
+        self.device = device
+        self.options = parse_options(device, options)
+        if self.options["threads"]:
+            torch.set_num_threads(self.options["threads"])
+        if isinstance(model, onnx.ModelProto):
+            self.path = None
+            base_dir = None
+        else:
+            self.path = Path(model)
+            base_dir = str(self.path.parent)
+            model = onnx.load(str(self.path), load_external_data=False)
+        missing = unsupported_ops(model)
+        if missing:
+            raise NotSupported(f"lepton has no lowering for {', '.join(missing)}")
+        compute = {
+            None: None,
+            "fp32": torch.float32,
+            "fp16": torch.float16,
+            "bf16": torch.bfloat16,
+        }[self.options["dtype"]]
+        self._lowering = Lowering(
+            model,
+            Options(torch.device(device), compute, self.options["channels_last"]),
+            base_dir=base_dir,
+        )
+        self.input_names = [s.name for s in self._lowering.inputs]
+        self.output_names = [s.name for s in self._lowering.outputs]
+        self._specs = {s.name: s for s in self._lowering.inputs}
+        self._pin: set[str] = set()
+        self._programs: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()
+        self._graph_fallback: str | None = None
+        self._graphs_active = False
+        self._set_flags()
+        shapes = {s.name: s.shape for s in self._lowering.inputs}
+        if all(shape is not None and None not in shape for shape in shapes.values()):
+            self._lower_static(shapes)  # type: ignore[arg-type]
+
+    # -- lowering ------------------------------------------------------------------------
+    def _lower_static(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Lower at load time (errors surface here, for the search) unless values are needed."""
+        from lepton_compile.runtime.lepton.lower import PIN_LIMIT, NeedValues
+
+        try:
+            self._build(shapes, {})
+        except NeedValues as e:
+            big = [n for n in e.names if math.prod(shapes[n]) > PIN_LIMIT]
+            if big:
+                raise NotSupported(
+                    f"{e.what}: must be known at lowering time, but comes from the values "
+                    f"of input(s) {', '.join(sorted(big))}"
+                ) from None
+            self._pin |= e.names  # lower at the first run, when the values are known
+
+    def _key(self, shapes: Mapping[str, Sequence[int]], pinned: Mapping[str, np.ndarray]) -> Any:
+        return (
+            tuple((n, tuple(s)) for n, s in sorted(shapes.items())),
+            tuple((n, a.dtype.str, a.shape, a.tobytes()) for n, a in sorted(pinned.items())),
+        )
+
+    def _build(
+        self, shapes: Mapping[str, Sequence[int]], pinned: Mapping[str, np.ndarray]
+    ) -> tuple[Any, Any]:
+        program = self._lowering.trace(shapes, pinned)
+        runner = self._runner(program)
+        key = self._key(program.shapes, program.pinned)
+        self._programs[key] = (program, runner)
+        while len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
+        return program, runner
+
+    def _program(self, arrays: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+        from lepton_compile.runtime.lepton.lower import PIN_LIMIT, NeedValues
+
+        while True:
+            pinned = {n: arrays[n] for n in sorted(self._pin)}
+            shapes = {n: a.shape for n, a in arrays.items() if n not in self._pin}
+            key = self._key(shapes, pinned)
+            hit = self._programs.get(key)
+            if hit is not None:
+                self._programs.move_to_end(key)
+                return hit
+            try:
+                return self._build(shapes, pinned)
+            except NeedValues as e:
+                big = [n for n in e.names if arrays[n].size > PIN_LIMIT]
+                if big or e.names <= self._pin:
+                    raise NotSupported(
+                        f"{e.what}: must be known at lowering time, but comes from the values "
+                        f"of input(s) {', '.join(sorted(e.names))}"
+                    ) from None
+                self._pin |= e.names
+
+    def _runner(self, program: Any) -> Any:
+        import torch
+
+        fn: Callable[..., Any] = program.module
+        example = self._lowering.example_inputs(program.shapes, program.inputs)
+        if self.options["compile"] == "inductor":
+            try:
+                fn = torch.compile(
+                    program.module, backend="inductor", dynamic=False, fullgraph=True
+                )
+                with torch.inference_mode():
+                    fn(*example)  # compile now, not inside the first measurement
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise NotSupported(f"torch.compile (inductor) failed: {first[:300]}") from None
+        if self.options["cuda_graphs"]:
+            try:
+                runner = _CudaGraph(fn, example)
+                self._graphs_active = True
+                return runner
+            except Exception as e:
+                self._graph_fallback = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                log.warning("CUDA graph capture failed, running without: %s", self._graph_fallback)
+                torch.cuda.synchronize()
+        return _Eager(fn, program.device)
+
+    def _set_flags(self) -> None:
+        import torch
+
+        if self.options["threads"] and torch.get_num_threads() != self.options["threads"]:
+            torch.set_num_threads(self.options["threads"])
+        if self.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = self.options["tf32"]
+            torch.backends.cudnn.allow_tf32 = self.options["tf32"]
+            torch.backends.cudnn.benchmark = True
+
+    # -- the Session protocol ------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from lepton_compile.runtime.lepton import dtypes
+
+        unknown = sorted(set(feeds) - set(self._specs))
+        if unknown:
+            raise ValueError(f"unknown input(s) {', '.join(unknown)}; inputs: {self.input_names}")
+        arrays: dict[str, np.ndarray] = {}
+        for name, spec in self._specs.items():
+            if name not in feeds:
+                raise ValueError(f"missing input {name!r}")
+            a = np.asarray(feeds[name])
+            t = dtypes.from_numpy(a, f"input {name!r}")
+            if t.dtype != spec.dtype:
+                raise ValueError(f"input {name!r}: expected {spec.dtype}, got {a.dtype}")
+            arrays[name] = a
+        self._set_flags()
+        program, runner = self._program(arrays)
+        tensors = [
+            dtypes.from_numpy(np.require(arrays[s.name], requirements="C")) for s in program.inputs
+        ]
+        outs = runner(tensors)
+        return {
+            spec.name: dtypes.to_numpy(t) for spec, t in zip(program.outputs, outs, strict=True)
+        }
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        if self.device.startswith("cuda"):
+            device_name = torch.cuda.get_device_name(torch.device(self.device))
+        else:
+            device_name = _cpu_name()
+        return {
+            "backend": "lepton",
+            "torch": torch.__version__,
+            "device": self.device,
+            "device_name": device_name,
+            "dtype": self.options["dtype"] or "as declared",
+            "channels_last": self.options["channels_last"],
+            "cuda_graphs": self._graphs_active,
+            "cuda_graphs_fallback": self._graph_fallback,
+            "compile": self.options["compile"],
+            "threads": torch.get_num_threads(),
+            "tf32": self.options["tf32"] if self.device.startswith("cuda") else None,
+            "cudnn_benchmark": True if self.device.startswith("cuda") else None,
+            "lowering": "torch.fx GraphModule of ATen ops (make_fx), shapes folded",
+            "programs": len(self._programs),
+            "pinned_inputs": sorted(self._pin),
+        }
+
+
+class LeptonBackend:
+    """ONNX -> torch (fx) programs on CPU or CUDA; see the package docstring."""
+
+    name = "lepton"
+
+    def devices(self) -> list[str]:
+        if not torch_available():
+            return []
+        import torch
+
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+    def load(
+        self, path: Path, device: str = "cpu", options: Mapping[str, Any] | None = None
+    ) -> LeptonSession:
+        if not torch_available():
+            raise NotSupported(TORCH_HINT)
+        base = device.split(":", 1)[0]
+        if base not in self.devices():
+            raise NotSupported(f"the lepton backend cannot use device {device!r} here")
+        return LeptonSession(Path(path), device, options or {})
