@@ -271,12 +271,13 @@ def compile(
     baseline = variants[0]
     from lepton_compile.bench.device import device_record
 
+    device_at_start = device_record(None)
     vcache = VariantCache(
         cache,
         cache_path,
         {
             "model_sha256": loaded.sha256,
-            "device_record": device_record(None),
+            "device_record": device_at_start,
             "protocol": proto.to_dict(),
             "input_shapes": {s.name: list(s.shape or ()) for s in loaded.inputs},
             "inputs": inputs_fingerprint([*feeds.calibration, *feeds.eval]),
@@ -372,6 +373,7 @@ def compile(
         max_accuracy_drop=max_accuracy_drop,
         wall_s=time.perf_counter() - t_start,
         constraints_met=best.status == "ok",
+        device_at_start=device_at_start,
         isolation={
             "isolated": isolate,
             "variant_timeout_s": variant_timeout_s,

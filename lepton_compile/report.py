@@ -68,6 +68,7 @@ def build_report(
     wall_s: float,
     constraints_met: bool,
     isolation: dict[str, Any] | None = None,
+    device_at_start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     providers = sorted({p for v in variants for p in v.session.get("providers", [])})
     meter_desc = meter.describe()
@@ -86,7 +87,7 @@ def build_report(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": loaded.to_dict(),
         "inputs": feeds.to_dict(),
-        "device": _device(providers),
+        "device": _device(providers, device_at_start),
         "measurement": {
             "meter": meter_desc,
             "protocol": protocol.to_dict() if hasattr(protocol, "to_dict") else vars(protocol),
@@ -117,11 +118,18 @@ def build_report(
     }
 
 
-def _device(providers: list[str]) -> dict[str, Any]:
+def _device(providers: list[str], at_start: dict[str, Any] | None) -> dict[str, Any]:
+    """The record at the end of the run, with what drifts (GPU clocks, temperature, power
+    limit) also as it was at the start: a figure is comparable only within one record."""
     from lepton_compile.bench.device import device_record, record_key
 
     rec = device_record(providers or None)
     rec["key"] = record_key(rec)
+    if at_start is not None:
+        rec["at_start"] = {"gpus": at_start.get("gpus"), "cpu": at_start.get("cpu")}
+        rec["key_changed_during_run"] = (
+            record_key(dict(at_start, providers=rec.get("providers"))) != rec["key"]
+        )
     return rec
 
 
