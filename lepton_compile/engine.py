@@ -268,6 +268,8 @@ def compile(
     ]
     if not variants or variants[0].recipe.name != "original":
         raise InputError("the original must run on the first backend")
+    # A recipe restricted to backends not in this run (fused-lepton without lepton) is left out.
+    chosen = [r for r in chosen if any(v.recipe is r for v in variants)]
     baseline = variants[0]
     from lepton_compile.bench.device import device_record
 

@@ -86,7 +86,7 @@ def test_worker_in_process_mode_reports_errors(mlp_path: Path):
 
 
 def test_budget_skips_what_does_not_fit(mlp_path: Path):
-    res = lepton_compile.compile(mlp_path, quick=True, budget_s=0.0, eval_samples=2)
+    res = lepton_compile.compile(mlp_path, quick=True, budget_s=0.0, eval_samples=2, cache=False)
     skipped = [v for v in res.variants if v.status == "skipped"]
     assert skipped and all("budget" in v.reason for v in skipped)
     assert res.best.id == res.baseline.id and res.baseline.status == "ok"
