@@ -1,0 +1,655 @@
+"""Shared pieces of the kernels: the ai.lepton epilogue (Triton and torch), input checks, launch.
+
+Every kernel here ends in the epilogue of the `ai.lepton` fused ops:
+
+    Y = cast(post_activation(activation(acc + bias) + residual))
+
+computed in fp32 on the accumulator tile. Split-K GEMMs write fp32 partial sums to a
+workspace and `splitk_epilogue_kernel` reduces them and runs the same epilogue.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------
+# Activations. These mirror passes/lepton_ops.py ACTIVATIONS (names, order of parameters,
+# defaults); kernels may not import passes, so tests/kernels assert that the two agree.
+# The position of a name in ACTIVATION_NAMES is the constexpr code the kernels branch on.
+
+ACTIVATION_NAMES: tuple[str, ...] = (
+    "none",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "leaky_relu",
+    "clip",
+    "hard_sigmoid",
+    "hardswish",
+    "silu",
+    "gelu",
+)
+ACTIVATION_DEFAULTS: dict[str, tuple[float, ...]] = {
+    "none": (),
+    "relu": (),
+    "sigmoid": (),
+    "tanh": (),
+    "leaky_relu": (0.01,),
+    "clip": (-math.inf, math.inf),
+    "hard_sigmoid": (0.2, 0.5),
+    "hardswish": (),
+    "silu": (),
+    "gelu": (),
+}
+ACT_CODES: dict[str, int] = {name: i for i, name in enumerate(ACTIVATION_NAMES)}
+
+INT32_MAX = 2**31 - 1
+
+
+def resolve_activation(name: str, params: Sequence[float], what: str = "activation") -> tuple:
+    """(code, p0, p1) for an activation; ValueError for an unknown name or a wrong count."""
+    if name not in ACT_CODES:
+        raise ValueError(f"{what} {name!r} is not one of {', '.join(ACTIVATION_NAMES)}")
+    defaults = ACTIVATION_DEFAULTS[name]
+    if not params:
+        params = defaults
+    if len(params) != len(defaults):
+        raise ValueError(
+            f"{what} {name!r} takes {len(defaults)} parameters, got {len(params)}: {list(params)}"
+        )
+    p = [float(x) for x in params] + [0.0, 0.0]
+    return ACT_CODES[name], p[0], p[1]
+
+
+@triton.jit
+def apply_activation(x, ACT: tl.constexpr, p0, p1):
+    """ACTIVATION_NAMES[ACT] on an fp32 tile (tl.math only: libdevice fails in the interpreter)."""
+    if ACT == 1:  # relu
+        x = tl.maximum(x, 0.0)
+    elif ACT == 2:  # sigmoid
+        x = tl.sigmoid(x)
+    elif ACT == 3:  # tanh, from exp of a non-positive argument (no overflow)
+        e = tl.exp(-2.0 * tl.abs(x))
+        t = (1.0 - e) / (1.0 + e)
+        x = tl.where(x < 0, -t, t)
+    elif ACT == 4:  # leaky_relu(alpha)
+        x = tl.where(x >= 0, x, p0 * x)
+    elif ACT == 5:  # clip(min, max)
+        x = tl.minimum(tl.maximum(x, p0), p1)
+    elif ACT == 6:  # hard_sigmoid(alpha, beta)
+        x = tl.minimum(tl.maximum(p0 * x + p1, 0.0), 1.0)
+    elif ACT == 7:  # hardswish
+        x = x * tl.minimum(tl.maximum(x * (1.0 / 6.0) + 0.5, 0.0), 1.0)
+    elif ACT == 8:  # silu
+        x = x * tl.sigmoid(x)
+    elif ACT == 9:  # gelu (erf form)
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return x
+
+
+@triton.jit
+def epilogue_store(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    bias_ptr,
+    res_ptr,
+    stride_rm,
+    stride_rn,
+    y_ptr,
+    stride_ym,
+    stride_yn,
+    p0,
+    p1,
+    q0,
+    q1,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    POST_ACT: tl.constexpr,
+):
+    """Y[m, n] = cast(post(act(acc + bias[n]) + res[m, n])) for the in-range part of a tile."""
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    mask = mask_m[:, None] & mask_n[None, :]
+    acc = acc.to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    acc = apply_activation(acc, ACT, p0, p1)
+    if HAS_RES:
+        r_ptrs = res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :] * stride_rn
+        acc = acc + tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+    acc = apply_activation(acc, POST_ACT, q0, q1)
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k):
+    """Split-K: an fp32 partial tile into workspace[pid_k] (a contiguous (SPLIT_K, M, N))."""
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    ptrs = ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+    tl.store(ptrs, acc.to(tl.float32), mask=mask)
+
+
+@triton.jit
+def splitk_epilogue_kernel(
+    ws_ptr,
+    bias_ptr,
+    res_ptr,
+    y_ptr,
+    M,
+    N,
+    stride_rm,
+    stride_rn,
+    stride_ym,
+    stride_yn,
+    p0,
+    p1,
+    q0,
+    q1,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    POST_ACT: tl.constexpr,
+):
+    """Second pass of split-K: sum the SPLIT_K fp32 partials in a fixed order, then the epilogue."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(ptrs + s * M * N, mask=mask, other=0.0)
+    epilogue_store(
+        acc,
+        offs_m,
+        offs_n,
+        M,
+        N,
+        bias_ptr,
+        res_ptr,
+        stride_rm,
+        stride_rn,
+        y_ptr,
+        stride_ym,
+        stride_yn,
+        p0,
+        p1,
+        q0,
+        q1,
+        HAS_BIAS,
+        ACT,
+        HAS_RES,
+        POST_ACT,
+    )
+
+
+SPLITK_EPILOGUE_BLOCK = (32, 128)  # (BLOCK_M, BLOCK_N) of the reduce pass: memory bound
+
+
+# ---------------------------------------------------------------------------------------
+# torch references (fp32 inside).
+
+
+def activation_reference(name: str, x: torch.Tensor, params: Sequence[float] = ()) -> torch.Tensor:
+    """ACTIVATION_NAMES activation of an fp32 tensor, with torch ops."""
+    _, p0, p1 = resolve_activation(name, params)
+    if name == "none":
+        return x
+    if name == "relu":
+        return torch.relu(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "tanh":
+        return torch.tanh(x)
+    if name == "leaky_relu":
+        return torch.where(x >= 0, x, p0 * x)
+    if name == "clip":
+        return torch.clamp(x, p0, p1)
+    if name == "hard_sigmoid":
+        return torch.clamp(p0 * x + p1, 0.0, 1.0)
+    if name == "hardswish":
+        return x * torch.clamp(x / 6.0 + 0.5, 0.0, 1.0)
+    if name == "silu":
+        return x * torch.sigmoid(x)
+    if name == "gelu":
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    raise AssertionError(name)
+
+
+def epilogue_reference(
+    acc: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str,
+    activation_params: Sequence[float],
+    post_activation: str,
+    post_activation_params: Sequence[float],
+    out_dtype: torch.dtype,
+    bias_dim: int = -1,
+) -> torch.Tensor:
+    """The fused epilogue in fp32 on `acc` (bias broadcast along `bias_dim`), cast at the end."""
+    y = acc.float()
+    if bias is not None:
+        shape = [1] * y.dim()
+        shape[bias_dim] = -1
+        y = y + bias.float().reshape(shape)
+    y = activation_reference(activation, y, activation_params)
+    if residual is not None:
+        y = y + residual.float()
+    y = activation_reference(post_activation, y, post_activation_params)
+    return y.to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Runtime: interpreter or GPU, architecture, input checks, launching.
+
+
+def _defined_interpreted() -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:
+        return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
+    return isinstance(apply_activation, InterpretedFunction)
+
+
+# Triton reads TRITON_INTERPRET when a @triton.jit function is defined: what these kernels
+# are was fixed when this module was imported, whatever the variable says later.
+_INTERPRETED = _defined_interpreted()
+
+
+def interpreting() -> bool:
+    """Whether the kernels run in the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+    return _INTERPRETED
+
+
+Arch = int | str  # 90, 80, 89, ... (compute capability major*10+minor) or "interpreter"
+
+
+def device_arch(device: torch.device) -> Arch:
+    if interpreting():
+        return "interpreter"
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+_SMEM_CACHE: dict[int, int] = {}
+
+
+def max_shared_memory(device: torch.device) -> int:
+    """Opt-in shared memory per block of `device` in bytes (what a config may use)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMEM_CACHE:
+        props = triton.runtime.driver.active.utils.get_device_properties(index)
+        _SMEM_CACHE[index] = int(props["max_shared_mem"])
+    return _SMEM_CACHE[index]
+
+
+def num_sms(device: torch.device) -> int:
+    if interpreting() or device.type != "cuda":
+        return 4  # a small pretend machine, so that tests reach the split-K path
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def check_device(name_tensors: dict[str, torch.Tensor | None]) -> torch.device:
+    """All given tensors on one device, a CUDA device unless interpreting."""
+    device = None
+    for name, t in name_tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(
+                f"{name} is on {t.device}, expected {device} (all inputs on one device)"
+            )
+        if t.numel() > INT32_MAX:
+            raise ValueError(f"{name} has {t.numel()} elements: the kernels index with int32")
+    assert device is not None
+    if not interpreting() and device.type != "cuda":
+        raise ValueError(
+            f"inputs are on {device}: the kernels need a CUDA device "
+            "(or TRITON_INTERPRET=1, set before importing lepton_compile.kernels)"
+        )
+    return device
+
+
+def check_output_size(numel: int) -> None:
+    if numel > INT32_MAX:
+        raise ValueError(f"the output would have {numel} elements: the kernels index with int32")
+
+
+def check_dtype(name: str, t: torch.Tensor, allowed: Sequence[torch.dtype]) -> None:
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise ValueError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}, expected {names}")
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int]) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def check_matrix_layout(name: str, t: torch.Tensor) -> None:
+    """A 2-D operand must be row- or column-major (unit stride in one dimension)."""
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    if t.stride(1) != 1 and t.stride(0) != 1 and t.numel() > 1:
+        raise ValueError(
+            f"{name} has strides {t.stride()}: one dimension must have stride 1 "
+            "(row- or column-major; call .contiguous())"
+        )
+
+
+FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_epilogue_inputs(
+    bias: torch.Tensor | None, residual: torch.Tensor | None, n: int, out_shape: Sequence[int]
+) -> None:
+    if bias is not None:
+        check_dtype("bias", bias, FLOAT_OUT)
+        if bias.dim() != 1 or bias.shape[0] != n:
+            raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({n},)")
+        if bias.stride(0) != 1 and n > 1:
+            raise ValueError("bias must be contiguous")
+    if residual is not None:
+        check_dtype("residual", residual, FLOAT_OUT)
+        check_shape("residual", residual, out_shape)
+
+
+def gemm_bucket(m: int) -> str:
+    """M bucket for configs: small M needs small tiles (and split-K) to fill the machine."""
+    if m <= 32:
+        return "m32"
+    if m <= 128:
+        return "m128"
+    if m <= 512:
+        return "m512"
+    return "large"
+
+
+def smem_estimate(cfg: triton.Config, a_bytes: int, b_bytes: int) -> int:
+    """Shared memory of a pipelined GEMM config: stages x (A tile + B tile), in bytes."""
+    k = cfg.kwargs
+    stages = max(cfg.num_stages, 1)
+    return stages * k["BLOCK_K"] * (k["BLOCK_M"] * a_bytes + k["BLOCK_N"] * b_bytes)
+
+
+def config_key(cfg: triton.Config) -> tuple:
+    return (tuple(sorted(cfg.kwargs.items())), cfg.num_warps, cfg.num_stages)
+
+
+def dedupe(configs: Sequence[triton.Config]) -> list[triton.Config]:
+    seen: set[tuple] = set()
+    out = []
+    for c in configs:
+        if config_key(c) not in seen:
+            seen.add(config_key(c))
+            out.append(c)
+    return out
+
+
+def make_configs(rows: Sequence[tuple], names: Sequence[str]) -> list[triton.Config]:
+    """triton.Config list from rows of (*values of `names`, num_stages, num_warps)."""
+    return [
+        triton.Config(
+            dict(zip(names, row[:-2], strict=True)), num_stages=row[-2], num_warps=row[-1]
+        )
+        for row in rows
+    ]
+
+
+def pick_split_k(tiles: int, k_iters: int, sms: int, max_split: int = 16) -> int:
+    """Split K when the output tiles leave most SMs idle and K is long enough to share."""
+    if tiles * 2 > sms or k_iters < 8:
+        return 1
+    split = 1
+    while split * 2 <= max_split and tiles * split * 2 <= sms and k_iters // (split * 2) >= 4:
+        split *= 2
+    return split
+
+
+def _quick_bench(kernel_call: Callable[[], Any], quantiles: Sequence[float]) -> Any:
+    # Autotuning timing: short windows keep a sweep of many shapes within minutes.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+_TUNERS: dict[tuple, Any] = {}
+_LAST_CONFIG: dict[str, triton.Config | None] = {}
+
+
+def last_config(family: str) -> triton.Config | None:
+    """The config the last launch of a kernel family ("gemm", "w8a8", "conv2d", ...) ran with."""
+    return _LAST_CONFIG.get(family)
+
+
+def launch(
+    kernel: Any,
+    grid: Callable[[dict], tuple],
+    args: dict[str, Any],
+    configs: Sequence[triton.Config],
+    tuner_id: tuple,
+    key: Sequence[str],
+    heuristics: dict[str, Callable[[dict], Any]] | None = None,
+) -> triton.Config | None:
+    """Run `kernel` with `args`: autotuned over `configs` on a GPU, the single config otherwise.
+
+    `heuristics` compute constexprs from the arguments and the config (EVEN_K, ...). The
+    interpreter cannot autotune over more than one config ("0 active drivers"), and a caller
+    that passes one config (tests, a pinned config) should not pay for tuning: both call the
+    jit function directly with the config's meta-parameters.
+    """
+    heuristics = heuristics or {}
+    if len(configs) == 1 or interpreting():
+        cfg = configs[0]
+        meta = {**args, **cfg.kwargs}
+        meta.update({name: fn(meta) for name, fn in heuristics.items()})
+        kernel[grid(meta)](**meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        _LAST_CONFIG[tuner_id[0]] = cfg
+        return cfg
+    tuner = _TUNERS.get(tuner_id)
+    if tuner is None:
+        fn = triton.heuristics(heuristics)(kernel) if heuristics else kernel
+        tuner = triton.autotune(configs=list(configs), key=list(key), do_bench=_quick_bench)(fn)
+        _TUNERS[tuner_id] = tuner
+    tuner[grid](**args)
+    best = getattr(tuner, "best_config", None)
+    _LAST_CONFIG[tuner_id[0]] = best
+    return best
+
+
+def dot_upcast(dtype: torch.dtype) -> bool:
+    """bf16 arithmetic is wrong in the interpreter: there, upcast bf16 tiles before tl.dot.
+
+    On a GPU (and in the compile gate) this is always False: bf16 goes to the tensor cores.
+    """
+    return interpreting() and dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------
+# GEMM building blocks shared by the fp16/bf16, W8A8 and FP8 kernels.
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of a program, GROUP_M row-tiles at a time so B tiles stay in L2."""
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def gemm_mainloop(
+    a_ptr,
+    b_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    pid_m,
+    pid_n,
+    pid_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    ACC_TYPE: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    """A[pid_m rows] @ B[pid_n cols] over this program's share of K, in ACC_TYPE.
+
+    DOT_MODE 0: tl.dot on the loaded types; 1: operands upcast to fp32 first (interpreter
+    bf16 only); 2: fp8 with the accumulator promoted to fp32 after every BLOCK_K (Hopper's
+    fp8 wgmma otherwise accumulates in reduced precision for the whole K).
+    """
+    # Rows/columns past M/N wrap around instead of being masked: loads stay unmasked along
+    # M and N (the store masks them), which keeps them vectorized.
+    offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_bn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_k = tl.arange(0, BLOCK_K)
+    k_iters = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K == 1:
+        it_lo = 0
+        it_hi = k_iters
+    else:
+        per_split = tl.cdiv(k_iters, SPLIT_K)
+        it_lo = pid_k * per_split
+        it_hi = tl.minimum(it_lo + per_split, k_iters)
+    a_ptrs = a_ptr + offs_am[:, None] * stride_am + (it_lo * BLOCK_K + offs_k)[None, :] * stride_ak
+    b_ptrs = b_ptr + (it_lo * BLOCK_K + offs_k)[:, None] * stride_bk + offs_bn[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
+    for it in range(it_lo, it_hi):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - it * BLOCK_K
+            # Typed zero tiles as `other`: the interpreter cannot cast a Python 0 to fp8.
+            a = tl.load(
+                a_ptrs,
+                mask=offs_k[None, :] < k_left,
+                other=tl.zeros((BLOCK_M, BLOCK_K), a_ptr.dtype.element_ty),
+            )
+            b = tl.load(
+                b_ptrs,
+                mask=offs_k[:, None] < k_left,
+                other=tl.zeros((BLOCK_K, BLOCK_N), b_ptr.dtype.element_ty),
+            )
+        # out_dtype spelled out: triton 3.6 asserts it equals acc's type (int32 for int8).
+        if DOT_MODE == 1:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, out_dtype=ACC_TYPE)
+        elif DOT_MODE == 2:
+            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K, out_dtype=ACC_TYPE)
+        else:
+            acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
+GEMM_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+
+
+def run_splitk_epilogue(
+    ws: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    y2d: torch.Tensor,
+    res2d: torch.Tensor | None,
+    epi: dict[str, Any],
+    split_k: int,
+) -> None:
+    """Launch the reduce pass over a (split_k, M, N) fp32 workspace into the 2-D view y2d."""
+    m, n = y2d.shape
+    bm, bn = SPLITK_EPILOGUE_BLOCK
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    splitk_epilogue_kernel[grid](
+        ws,
+        bias if bias is not None else ws,
+        res2d if res2d is not None else ws,
+        y2d,
+        m,
+        n,
+        res2d.stride(0) if res2d is not None else 0,
+        res2d.stride(1) if res2d is not None else 0,
+        y2d.stride(0),
+        y2d.stride(1),
+        epi["p0"],
+        epi["p1"],
+        epi["q0"],
+        epi["q1"],
+        SPLIT_K=split_k,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        HAS_BIAS=bias is not None,
+        ACT=epi["ACT"],
+        HAS_RES=residual is not None,
+        POST_ACT=epi["POST_ACT"],
+        num_warps=4,
+    )
+
+
+def epilogue_args(
+    activation: str,
+    activation_params: Sequence[float],
+    post_activation: str,
+    post_activation_params: Sequence[float],
+) -> dict[str, Any]:
+    """Kernel arguments of an epilogue: constexpr codes ACT/POST_ACT and params p0, p1, q0, q1."""
+    act, p0, p1 = resolve_activation(activation, activation_params)
+    post, q0, q1 = resolve_activation(post_activation, post_activation_params, "post_activation")
+    return {"ACT": act, "POST_ACT": post, "p0": p0, "p1": p1, "q0": q0, "q1": q1}
+
+
+@triton.jit
+def apply_scales(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    a_scale_ptr,
+    b_scale_ptr,
+    A_PER_ROW: tl.constexpr,
+    B_PER_COL: tl.constexpr,
+):
+    """fp32 acc x a_scale (per row of A, or one) x b_scale (per column of B, or one)."""
+    acc = acc.to(tl.float32)
+    if A_PER_ROW:
+        sa = tl.load(a_scale_ptr + offs_m, mask=offs_m < M, other=0.0).to(tl.float32)
+        acc = acc * sa[:, None]
+    else:
+        acc = acc * tl.load(a_scale_ptr).to(tl.float32)
+    if B_PER_COL:
+        sb = tl.load(b_scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+        acc = acc * sb[None, :]
+    else:
+        acc = acc * tl.load(b_scale_ptr).to(tl.float32)
+    return acc

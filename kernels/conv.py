@@ -1,0 +1,769 @@
+"""Conv2d on NHWC (channels-last) as an implicit GEMM -> fused ai.lepton epilogue.
+
+    Y = cast(post_activation(activation(conv2d(X, W) + bias) + residual))
+
+Implicit GEMM: rows are output pixels (n, p, q), columns output channels of one group,
+K runs over (r, s, c) with c fastest, so every A tile row is a contiguous run of NHWC
+channels. One loop over K-iterations (not nested r/s/c loops) keeps the software pipeline
+full even when a (r, s) tap has a single channel block. Inputs with few channels per group
+(the RGB stem, grouped convs) gather K flat instead of padding each tap's channels to a
+block. Depthwise convs (groups == C) go to `depthwise_conv2d_kernel`: K is only R*S there,
+so tensor cores would multiply mostly padding; it runs FMAs on channel-contiguous tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from lepton_compile.kernels._common import (
+    FLOAT_OUT,
+    Arch,
+    check_device,
+    check_dtype,
+    check_output_size,
+    dedupe,
+    device_arch,
+    dot_upcast,
+    epilogue_args,
+    epilogue_reference,
+    epilogue_store,
+    grouped_tile,
+    launch,
+    make_configs,
+    max_shared_memory,
+    num_sms,
+    pick_split_k,
+    run_splitk_epilogue,
+    smem_estimate,
+    store_partial,
+)
+
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FLAT_BELOW = 32  # channels per group under which K is gathered flat over (r, s, c)
+
+
+@triton.jit
+def conv2d_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    res_ptr,
+    y_ptr,
+    ws_ptr,
+    N,
+    H,
+    W,
+    P,
+    Q,
+    COUT,
+    CIN_G,
+    COUT_G,
+    stride_xn,
+    stride_xh,
+    stride_xw,
+    stride_xc,
+    stride_wo,
+    stride_wc,
+    stride_wr,
+    stride_ws,
+    stride_rm,
+    stride_rn,
+    stride_ym,
+    stride_yn,
+    conv_stride_h,
+    conv_stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    p0,
+    p1,
+    q0,
+    q1,
+    R: tl.constexpr,
+    S: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    K_FLAT: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    POST_ACT: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    M = N * P * Q
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, COUT_G, BLOCK_M, BLOCK_N, GROUP_M)
+    g = tl.program_id(1)
+    pid_k = tl.program_id(2)
+
+    # Output pixels of this tile; rows past M wrap (their stores are masked).
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_safe = offs_m % M
+    n_img = m_safe // (P * Q)
+    pq = m_safe % (P * Q)
+    h0 = (pq // Q) * conv_stride_h - pad_h
+    w0 = (pq % Q) * conv_stride_w - pad_w
+    x_rows = x_ptr + n_img * stride_xn
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co = g * COUT_G + offs_n % COUT_G
+    w_cols = w_ptr + co * stride_wo
+    c_base = g * CIN_G
+    offs_k = tl.arange(0, BLOCK_K)
+
+    if K_FLAT:
+        k_total = R * S * CIN_G
+        k_iters = tl.cdiv(k_total, BLOCK_K)
+    else:
+        c_blocks = tl.cdiv(CIN_G, BLOCK_K)
+        k_iters = R * S * c_blocks
+    if SPLIT_K == 1:
+        it_lo = 0
+        it_hi = k_iters
+    else:
+        per_split = tl.cdiv(k_iters, SPLIT_K)
+        it_lo = pid_k * per_split
+        it_hi = tl.minimum(it_lo + per_split, k_iters)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_zero = tl.zeros((BLOCK_M, BLOCK_K), x_ptr.dtype.element_ty)
+    b_zero = tl.zeros((BLOCK_K, BLOCK_N), w_ptr.dtype.element_ty)
+    for it in range(it_lo, it_hi):
+        if K_FLAT:
+            kk = it * BLOCK_K + offs_k
+            k_ok = kk < k_total
+            c = kk % CIN_G
+            rs = kk // CIN_G
+            r = rs // S
+            s = rs % S
+            h = h0[:, None] + (r * dil_h)[None, :]
+            w = w0[:, None] + (s * dil_w)[None, :]
+            a_ok = k_ok[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            a_ptrs = (
+                x_rows[:, None] + h * stride_xh + w * stride_xw + (c_base + c)[None, :] * stride_xc
+            )
+            a = tl.load(a_ptrs, mask=a_ok, other=a_zero)
+            b_ptrs = w_cols[None, :] + (c * stride_wc + r * stride_wr + s * stride_ws)[:, None]
+            b = tl.load(b_ptrs, mask=k_ok[:, None], other=b_zero)
+        else:
+            rs = it // c_blocks
+            c = (it % c_blocks) * BLOCK_K + offs_k
+            r = rs // S
+            s = rs % S
+            h = h0 + r * dil_h
+            w = w0 + s * dil_w
+            row_ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            a_ptrs = (
+                x_rows[:, None]
+                + (h * stride_xh + w * stride_xw)[:, None]
+                + (c_base + c)[None, :] * stride_xc
+            )
+            b_ptrs = w_cols[None, :] + c[:, None] * stride_wc + (r * stride_wr + s * stride_ws)
+            if EVEN_C:
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=a_zero)
+                b = tl.load(b_ptrs)
+            else:
+                c_ok = c < CIN_G
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=a_zero)
+                b = tl.load(b_ptrs, mask=c_ok[:, None], other=b_zero)
+        if DOT_MODE == 1:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+        else:
+            acc = tl.dot(a, b, acc)
+
+    if SPLIT_K == 1:
+        # This group's columns only: offsets by g * COUT_G, masks on the group's width.
+        epilogue_store(
+            acc,
+            offs_m,
+            offs_n,
+            M,
+            COUT_G,
+            bias_ptr + g * COUT_G,
+            res_ptr + g * COUT_G * stride_rn,
+            stride_rm,
+            stride_rn,
+            y_ptr + g * COUT_G * stride_yn,
+            stride_ym,
+            stride_yn,
+            p0,
+            p1,
+            q0,
+            q1,
+            HAS_BIAS,
+            ACT,
+            HAS_RES,
+            POST_ACT,
+        )
+    else:  # split-K runs with groups == 1 only
+        store_partial(acc, offs_m, offs_n, M, COUT, ws_ptr, pid_k)
+
+
+@triton.jit
+def depthwise_conv2d_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    res_ptr,
+    y_ptr,
+    N,
+    H,
+    W,
+    P,
+    Q,
+    COUT,
+    stride_xn,
+    stride_xh,
+    stride_xw,
+    stride_xc,
+    stride_wo,
+    stride_wr,
+    stride_ws,
+    stride_rm,
+    stride_rn,
+    stride_ym,
+    stride_yn,
+    conv_stride_h,
+    conv_stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    p0,
+    p1,
+    q0,
+    q1,
+    R: tl.constexpr,
+    S: tl.constexpr,
+    MULT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    POST_ACT: tl.constexpr,
+):
+    """Output channel co reads input channel co // MULT; fp32 FMAs over the R*S taps."""
+    M = N * P * Q
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_ok = offs_m < M
+    c_ok = offs_c < COUT
+    n_img = offs_m // (P * Q)
+    pq = offs_m % (P * Q)
+    h0 = (pq // Q) * conv_stride_h - pad_h
+    w0 = (pq % Q) * conv_stride_w - pad_w
+    ci = offs_c // MULT
+    x_rows = x_ptr + n_img * stride_xn
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for r in tl.static_range(R):
+        for s in tl.static_range(S):
+            h = h0 + r * dil_h
+            w = w0 + s * dil_w
+            ok = m_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            x_ptrs = (
+                x_rows[:, None] + (h * stride_xh + w * stride_xw)[:, None] + ci[None, :] * stride_xc
+            )
+            xv = tl.load(x_ptrs, mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+            wv = tl.load(
+                w_ptr + offs_c * stride_wo + r * stride_wr + s * stride_ws, mask=c_ok, other=0.0
+            )
+            acc += xv * wv.to(tl.float32)[None, :]
+    epilogue_store(
+        acc,
+        offs_m,
+        offs_c,
+        M,
+        COUT,
+        bias_ptr,
+        res_ptr,
+        stride_rm,
+        stride_rn,
+        y_ptr,
+        stride_ym,
+        stride_yn,
+        p0,
+        p1,
+        q0,
+        q1,
+        HAS_BIAS,
+        ACT,
+        HAS_RES,
+        POST_ACT,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Configs. Implicit GEMM rows: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
+# Inductor found non-1x1 conv templates miscompiled at num_warps >= 8: 8 warps only for 1x1.
+
+CONV_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+DW_META = ("BLOCK_M", "BLOCK_C")
+
+_SM90 = {
+    "large": [
+        (128, 128, 64, 8, 4, 4),
+        (128, 64, 64, 8, 4, 4),
+        (64, 128, 64, 8, 4, 4),
+        (128, 128, 32, 8, 4, 4),
+        (64, 64, 64, 8, 4, 4),
+    ],
+    "small": [
+        (64, 64, 64, 8, 4, 4),
+        (64, 128, 64, 8, 4, 4),
+        (64, 32, 64, 8, 4, 4),
+        (32, 64, 64, 8, 4, 4),
+    ],
+    "pointwise": [(128, 256, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8)],
+}
+_SM80 = {
+    "large": [
+        (128, 128, 32, 8, 4, 4),
+        (128, 64, 32, 8, 4, 4),
+        (64, 128, 32, 8, 4, 4),
+        (64, 64, 64, 8, 4, 4),
+    ],
+    "small": [
+        (64, 64, 32, 8, 4, 4),
+        (32, 64, 64, 8, 4, 4),
+        (64, 32, 64, 8, 4, 4),
+    ],
+    "pointwise": [(128, 256, 32, 8, 3, 8), (256, 128, 32, 8, 3, 8)],
+}
+_INTERPRETER = [(32, 32, 16, 2, 1, 4)]
+
+# Depthwise rows: (BLOCK_M, BLOCK_C, num_stages, num_warps). Memory bound; wide C tiles give
+# 16-byte loads along NHWC channels.
+_DW = [(32, 64, 1, 4), (64, 64, 1, 4), (16, 128, 1, 4), (64, 32, 1, 4), (128, 64, 1, 8)]
+_DW_INTERPRETER = [(16, 32, 1, 4)]
+
+
+def get_configs(
+    arch: Arch, m: int | None = None, pointwise: bool = True, elem_bytes: int = 2
+) -> list[triton.Config]:
+    """Implicit-GEMM configs for `arch`; m=None gives all (the compile gate's set).
+
+    pointwise: the conv is 1x1 (where 8-warp tiles are allowed).
+    """
+    if arch == "interpreter":
+        return make_configs(_INTERPRETER, CONV_META)
+    table = _SM90 if int(arch) >= 90 else _SM80
+    rows: list[tuple[int, ...]]
+    if m is None:
+        rows = [*table["large"], *table["small"]]
+    else:
+        rows = [*table["small" if m <= 1024 else "large"]]
+    if pointwise and (m is None or m > 1024):
+        rows += table["pointwise"]
+    if elem_bytes > 2:
+        rows = [(bm, bn, max(16, bk * 2 // elem_bytes), *rest) for bm, bn, bk, *rest in rows]
+    return dedupe(make_configs(rows, CONV_META))
+
+
+def get_depthwise_configs(arch: Arch) -> list[triton.Config]:
+    rows = _DW_INTERPRETER if arch == "interpreter" else _DW
+    return make_configs(rows, DW_META)
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers.
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v}")
+    return v  # type: ignore[return-value]
+
+
+def _pads(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) from an int, (pad_h, pad_w) or ONNX-order 4 values."""
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    p = tuple(int(x) for x in padding)
+    if len(p) == 2:
+        return p[0], p[1], p[0], p[1]
+    if len(p) == 4:
+        return p  # type: ignore[return-value]
+    raise ValueError(f"padding must be an int, 2 or 4 values, got {p}")
+
+
+def _out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dil: int) -> int:
+    return (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
+
+
+def pack_depthwise_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The (C_out, 1, R, S) weight with (R, S, C_out) memory: contiguous per-tap channel loads.
+
+    Do it once per model; `conv2d` takes either layout.
+    """
+    return weight.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+
+
+def _check_common(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    stride: int | Sequence[int],
+    padding: int | Sequence[int],
+    dilation: int | Sequence[int],
+    groups: int,
+    out_dtype: torch.dtype | None,
+) -> tuple:
+    device = check_device({"x": x, "weight": weight, "bias": bias, "residual": residual})
+    check_dtype("x", x, INPUT_DTYPES)
+    if weight.dtype != x.dtype:
+        raise ValueError(f"weight has dtype {weight.dtype}, expected x's dtype {x.dtype}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"x (N, C, H, W) and weight (C_out, C/groups, R, S) must be 4-D, "
+            f"got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    n, c, h, w = x.shape
+    cout, cin_g, r, s = weight.shape
+    if groups < 1 or c % groups or cout % groups:
+        raise ValueError(f"groups={groups} must divide C={c} and C_out={cout}")
+    if cin_g != c // groups:
+        raise ValueError(f"weight has {cin_g} input channels per group, expected {c // groups}")
+    if x.stride(1) != 1 and c > 1:
+        raise ValueError(
+            "x must be channels-last (NHWC memory): x.contiguous(memory_format=torch.channels_last)"
+        )
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    pt, pl, pb, pr = _pads(padding)
+    if min(sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError("stride and dilation must be >= 1 and padding >= 0")
+    p = _out_size(h, r, sh, pt, pb, dh)
+    q = _out_size(w, s, sw, pl, pr, dw)
+    if p < 1 or q < 1:
+        raise ValueError(f"the output would be {p}x{q}: kernel larger than the padded input")
+    check_output_size(n * cout * p * q)
+    out_dtype = out_dtype or x.dtype
+    if out_dtype not in FLOAT_OUT:
+        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
+    if bias is not None:
+        check_dtype("bias", bias, FLOAT_OUT)
+        if bias.dim() != 1 or bias.shape[0] != cout or (cout > 1 and bias.stride(0) != 1):
+            raise ValueError(f"bias must be a contiguous ({cout},), got {tuple(bias.shape)}")
+    if residual is not None:
+        check_dtype("residual", residual, FLOAT_OUT)
+        if tuple(residual.shape) != (n, cout, p, q):
+            raise ValueError(
+                f"residual has shape {tuple(residual.shape)}, expected {(n, cout, p, q)}"
+            )
+        if not residual.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError("residual must be channels-last contiguous, like the output")
+    return device, (n, c, h, w, cout, cin_g, r, s, p, q), (sh, sw, dh, dw, pt, pl), out_dtype
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, P, Q) channels-last tensor as its (N*P*Q, C) matrix (a view)."""
+    n, c, p, q = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n * p * q, c)
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+    out_dtype: torch.dtype | None = None,
+    split_k: int | None = None,
+    config: triton.Config | None = None,
+) -> torch.Tensor:
+    """Y = post_activation(activation(conv2d(x, weight) + bias) + residual), channels-last out.
+
+    x: (N, C, H, W) fp16/bf16/fp32 in channels-last memory; weight (C_out, C/groups, R, S)
+    in any layout (channels-last, i.e. (C_out, R, S, C/groups) memory, gives K-contiguous
+    loads); padding: int, (h, w) or ONNX (top, left, bottom, right). Depthwise convs
+    (groups == C > 1, weight with one input channel) run `depthwise_conv2d`.
+    """
+    if (
+        x.dim() == 4
+        and weight.dim() == 4
+        and groups > 1
+        and groups == x.shape[1]
+        and weight.shape[1] == 1
+    ):
+        return depthwise_conv2d(
+            x,
+            weight,
+            bias,
+            residual,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            activation=activation,
+            activation_params=activation_params,
+            post_activation=post_activation,
+            post_activation_params=post_activation_params,
+            out_dtype=out_dtype,
+            config=config,
+        )
+    device, dims, conv, out_dtype = _check_common(
+        x, weight, bias, residual, stride, padding, dilation, groups, out_dtype
+    )
+    n, c, h, w, cout, cin_g, r, s, p, q = dims
+    sh, sw, dh, dw, pt, pl = conv
+    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
+    cout_g = cout // groups
+    m = n * p * q
+    y = torch.empty(
+        (n, cout, p, q), device=device, dtype=out_dtype, memory_format=torch.channels_last
+    )
+    y2 = _as_rows(y)
+    r2 = _as_rows(residual) if residual is not None else None
+
+    arch = device_arch(device)
+    k_flat = cin_g < FLAT_BELOW or cin_g % 8 != 0
+    elem = x.element_size()
+    if config is not None:
+        configs = [config]
+    else:
+        configs = get_configs(arch, m, pointwise=(r == 1 and s == 1), elem_bytes=elem)
+        if arch != "interpreter":
+            limit = max_shared_memory(device)
+            configs = [cf for cf in configs if smem_estimate(cf, elem, elem) <= limit] or configs[
+                -1:
+            ]
+    if split_k is None:
+        split_k = 1
+        if groups == 1:
+            c0 = configs[0].kwargs
+            tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(cout, c0["BLOCK_N"])
+            bk = c0["BLOCK_K"]
+            k_iters = triton.cdiv(r * s * cin_g, bk) if k_flat else r * s * triton.cdiv(cin_g, bk)
+            split_k = pick_split_k(tiles, k_iters, num_sms(device))
+    if split_k < 1 or (split_k > 1 and groups > 1):
+        raise ValueError(f"split_k={split_k}: must be >= 1, and 1 for grouped convs")
+    ws = torch.empty((split_k, m, cout), device=device, dtype=torch.float32) if split_k > 1 else y2
+    one = split_k == 1
+    args = dict(
+        x_ptr=x,
+        w_ptr=weight,
+        bias_ptr=bias if bias is not None and one else y2,
+        res_ptr=r2 if r2 is not None and one else y2,
+        y_ptr=y2,
+        ws_ptr=ws,
+        N=n,
+        H=h,
+        W=w,
+        P=p,
+        Q=q,
+        COUT=cout,
+        CIN_G=cin_g,
+        COUT_G=cout_g,
+        stride_xn=x.stride(0),
+        stride_xh=x.stride(2),
+        stride_xw=x.stride(3),
+        stride_xc=x.stride(1),
+        stride_wo=weight.stride(0),
+        stride_wc=weight.stride(1),
+        stride_wr=weight.stride(2),
+        stride_ws=weight.stride(3),
+        stride_rm=r2.stride(0) if r2 is not None else 0,
+        stride_rn=r2.stride(1) if r2 is not None else 0,
+        stride_ym=y2.stride(0),
+        stride_yn=y2.stride(1),
+        conv_stride_h=sh,
+        conv_stride_w=sw,
+        pad_h=pt,
+        pad_w=pl,
+        dil_h=dh,
+        dil_w=dw,
+        p0=epi["p0"],
+        p1=epi["p1"],
+        q0=epi["q0"],
+        q1=epi["q1"],
+        R=r,
+        S=s,
+        SPLIT_K=split_k,
+        K_FLAT=k_flat,
+        HAS_BIAS=bias is not None and one,
+        ACT=epi["ACT"] if one else 0,
+        HAS_RES=r2 is not None and one,
+        POST_ACT=epi["POST_ACT"] if one else 0,
+        DOT_MODE=1 if dot_upcast(x.dtype) else 0,
+    )
+
+    def grid(meta: dict) -> tuple:
+        m_all = meta["N"] * meta["P"] * meta["Q"]
+        tiles = triton.cdiv(m_all, meta["BLOCK_M"]) * triton.cdiv(meta["COUT_G"], meta["BLOCK_N"])
+        return (tiles, groups, meta["SPLIT_K"])
+
+    launch(
+        conv2d_kernel,
+        grid,
+        args,
+        configs,
+        tuner_id=("conv2d", arch, m <= 1024, r == 1 and s == 1, elem, config is None),
+        key=[
+            "N",
+            "H",
+            "W",
+            "P",
+            "Q",
+            "COUT",
+            "CIN_G",
+            "COUT_G",
+            "R",
+            "S",
+            "SPLIT_K",
+            "conv_stride_h",
+            "conv_stride_w",
+        ],
+        heuristics={"EVEN_C": lambda meta: meta["CIN_G"] % meta["BLOCK_K"] == 0},
+    )
+    if split_k > 1:
+        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
+    return y
+
+
+def depthwise_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+    out_dtype: torch.dtype | None = None,
+    config: triton.Config | None = None,
+) -> torch.Tensor:
+    """Depthwise conv (groups == C, C_out = C x multiplier) with the fused epilogue.
+
+    weight: (C_out, 1, R, S), any layout; `pack_depthwise_weight` gives the fast one.
+    """
+    groups = x.shape[1] if x.dim() == 4 else 1
+    device, dims, conv, out_dtype = _check_common(
+        x, weight, bias, residual, stride, padding, dilation, groups, out_dtype
+    )
+    n, c, h, w, cout, cin_g, r, s, p, q = dims
+    if cin_g != 1:
+        raise ValueError(f"depthwise conv needs groups == C, got weight {tuple(weight.shape)}")
+    sh, sw, dh, dw, pt, pl = conv
+    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
+    y = torch.empty(
+        (n, cout, p, q), device=device, dtype=out_dtype, memory_format=torch.channels_last
+    )
+    y2 = _as_rows(y)
+    r2 = _as_rows(residual) if residual is not None else None
+    arch = device_arch(device)
+    configs = [config] if config is not None else get_depthwise_configs(arch)
+    args = dict(
+        x_ptr=x,
+        w_ptr=weight,
+        bias_ptr=bias if bias is not None else y2,
+        res_ptr=r2 if r2 is not None else y2,
+        y_ptr=y2,
+        N=n,
+        H=h,
+        W=w,
+        P=p,
+        Q=q,
+        COUT=cout,
+        stride_xn=x.stride(0),
+        stride_xh=x.stride(2),
+        stride_xw=x.stride(3),
+        stride_xc=x.stride(1),
+        stride_wo=weight.stride(0),
+        stride_wr=weight.stride(2),
+        stride_ws=weight.stride(3),
+        stride_rm=r2.stride(0) if r2 is not None else 0,
+        stride_rn=r2.stride(1) if r2 is not None else 0,
+        stride_ym=y2.stride(0),
+        stride_yn=y2.stride(1),
+        conv_stride_h=sh,
+        conv_stride_w=sw,
+        pad_h=pt,
+        pad_w=pl,
+        dil_h=dh,
+        dil_w=dw,
+        p0=epi["p0"],
+        p1=epi["p1"],
+        q0=epi["q0"],
+        q1=epi["q1"],
+        R=r,
+        S=s,
+        MULT=cout // c,
+        HAS_BIAS=bias is not None,
+        ACT=epi["ACT"],
+        HAS_RES=r2 is not None,
+        POST_ACT=epi["POST_ACT"],
+    )
+
+    def grid(meta: dict) -> tuple:
+        m_all = meta["N"] * meta["P"] * meta["Q"]
+        return (triton.cdiv(m_all, meta["BLOCK_M"]), triton.cdiv(meta["COUT"], meta["BLOCK_C"]))
+
+    launch(
+        depthwise_conv2d_kernel,
+        grid,
+        args,
+        configs,
+        tuner_id=("depthwise", arch, config is None),
+        key=["N", "H", "W", "P", "Q", "COUT", "R", "S", "MULT", "conv_stride_h", "conv_stride_w"],
+    )
+    return y
+
+
+def conv2d_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """torch reference of `conv2d` (and `depthwise_conv2d`): fp32 conv and epilogue."""
+    pt, pl, pb, pr = _pads(padding)
+    xf = F.pad(x.float(), (pl, pr, pt, pb))
+    acc = F.conv2d(
+        xf, weight.float(), None, _pair(stride, "stride"), 0, _pair(dilation, "dilation"), groups
+    )
+    y = epilogue_reference(
+        acc,
+        bias,
+        residual,
+        activation,
+        activation_params,
+        post_activation,
+        post_activation_params,
+        out_dtype or x.dtype,
+        bias_dim=1,
+    )
+    return y.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,380 @@
+"""A @ B (fp16/bf16/fp32, fp32 accumulate) -> fused ai.lepton epilogue, one Triton kernel.
+
+    Y = cast(post_activation(activation(A @ B + bias) + residual))
+
+A is (..., K), B is (K, N) in any row- or column-major layout (an nn.Linear weight (N, K)
+is passed as `w.t()`), bias (N,), residual the shape of Y. fp32 inputs use TF32 tensor
+cores on the GPU. Small M splits K over programs (fp32 partials, then a reduce pass that
+runs the epilogue), because a few output tiles cannot fill the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from lepton_compile.kernels._common import (
+    FLOAT_OUT,
+    GEMM_META,
+    Arch,
+    check_device,
+    check_dtype,
+    check_epilogue_inputs,
+    check_matrix_layout,
+    check_output_size,
+    dedupe,
+    device_arch,
+    dot_upcast,
+    epilogue_args,
+    epilogue_reference,
+    epilogue_store,
+    gemm_bucket,
+    gemm_mainloop,
+    grouped_tile,
+    launch,
+    make_configs,
+    max_shared_memory,
+    num_sms,
+    pick_split_k,
+    run_splitk_epilogue,
+    smem_estimate,
+    store_partial,
+)
+
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def gemm_kernel(
+    a_ptr,
+    b_ptr,
+    bias_ptr,
+    res_ptr,
+    y_ptr,
+    ws_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_rm,
+    stride_rn,
+    stride_ym,
+    stride_yn,
+    p0,
+    p1,
+    q0,
+    q1,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    POST_ACT: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    acc = gemm_mainloop(
+        a_ptr,
+        b_ptr,
+        M,
+        N,
+        K,
+        stride_am,
+        stride_ak,
+        stride_bk,
+        stride_bn,
+        pid_m,
+        pid_n,
+        pid_k,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+        SPLIT_K,
+        EVEN_K,
+        tl.float32,
+        DOT_MODE,
+    )
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if SPLIT_K == 1:
+        epilogue_store(
+            acc,
+            offs_m,
+            offs_n,
+            M,
+            N,
+            bias_ptr,
+            res_ptr,
+            stride_rm,
+            stride_rn,
+            y_ptr,
+            stride_ym,
+            stride_yn,
+            p0,
+            p1,
+            q0,
+            q1,
+            HAS_BIAS,
+            ACT,
+            HAS_RES,
+            POST_ACT,
+        )
+    else:
+        store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k)
+
+
+# ---------------------------------------------------------------------------------------
+# Configs: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps), for 16-bit inputs.
+
+_SM90 = {
+    # 128x256 / 256x128 with 8 warps (two warpgroups of wgmma) for the big square shapes.
+    "large": [
+        (128, 256, 64, 8, 3, 8),
+        (256, 128, 64, 8, 3, 8),
+        (128, 128, 64, 8, 4, 8),
+        (128, 128, 64, 8, 4, 4),
+        (128, 64, 64, 8, 4, 4),
+        (64, 128, 64, 8, 4, 4),
+    ],
+    "m512": [
+        (128, 128, 64, 8, 4, 8),
+        (128, 64, 64, 8, 4, 4),
+        (64, 128, 64, 8, 4, 4),
+        (64, 256, 64, 8, 3, 8),
+        (64, 64, 64, 8, 5, 4),
+    ],
+    "m128": [
+        (64, 128, 64, 8, 4, 4),
+        (64, 64, 128, 8, 4, 4),
+        (64, 64, 64, 8, 5, 4),
+        (128, 64, 64, 8, 4, 4),
+        (64, 256, 64, 8, 3, 8),
+    ],
+    # M <= 32 cannot fill a 64-row wgmma: mma.sync tiles of 16/32 rows, long K blocks.
+    "m32": [
+        (16, 64, 128, 1, 4, 4),
+        (32, 64, 128, 1, 4, 4),
+        (16, 128, 128, 1, 3, 4),
+        (32, 128, 64, 1, 4, 4),
+        (64, 64, 128, 1, 4, 4),
+    ],
+}
+
+_SM80 = {
+    "large": [
+        (128, 256, 32, 8, 3, 8),
+        (256, 128, 32, 8, 3, 8),
+        (128, 128, 32, 8, 4, 4),
+        (128, 128, 64, 8, 3, 8),
+        (64, 128, 32, 8, 4, 4),
+        (128, 64, 32, 8, 4, 4),
+    ],
+    "m512": [
+        (128, 128, 32, 8, 4, 4),
+        (64, 128, 32, 8, 4, 4),
+        (128, 64, 32, 8, 4, 4),
+        (64, 64, 64, 8, 4, 4),
+    ],
+    "m128": [
+        (64, 128, 32, 8, 4, 4),
+        (64, 64, 64, 8, 4, 4),
+        (32, 128, 64, 8, 4, 4),
+        (64, 64, 32, 8, 5, 2),
+    ],
+    "m32": [
+        (16, 64, 64, 1, 4, 4),
+        (32, 64, 64, 1, 4, 4),
+        (16, 128, 64, 1, 4, 4),
+        (32, 128, 32, 1, 4, 4),
+    ],
+}
+
+# The interpreter runs one config; 32x32x32 tiles make small test shapes span several tiles.
+_INTERPRETER = [(32, 32, 32, 2, 1, 4)]
+
+BUCKETS = ("m32", "m128", "m512", "large")
+
+
+def _table(arch: Arch) -> dict[str, list[tuple]] | None:
+    if arch == "interpreter":
+        return None
+    return _SM90 if int(arch) >= 90 else _SM80
+
+
+def _scale_k(rows: list[tuple], elem_bytes: int) -> list[tuple]:
+    # fp32 operands take twice the bytes: halve BLOCK_K (not below 16) to keep the footprint.
+    if elem_bytes <= 2:
+        return rows
+    return [(bm, bn, max(16, bk * 2 // elem_bytes), *rest) for bm, bn, bk, *rest in rows]
+
+
+def get_configs(arch: Arch, m: int | None = None, elem_bytes: int = 2) -> list[triton.Config]:
+    """Autotune configs for `arch` (90: Hopper, 80: Ampere, ..., "interpreter") and M.
+
+    m=None gives the union over all M buckets (the compile gate compiles each of them).
+    """
+    table = _table(arch)
+    if table is None:
+        return make_configs(_INTERPRETER, GEMM_META)
+    buckets = BUCKETS if m is None else (gemm_bucket(m),)
+    rows = [row for b in buckets for row in table[b]]
+    return dedupe(make_configs(_scale_k(rows, elem_bytes), GEMM_META))
+
+
+def _fits(configs: list[triton.Config], limit: int, elem_bytes: int) -> list[triton.Config]:
+    fitting = [c for c in configs if smem_estimate(c, elem_bytes, elem_bytes) <= limit]
+    if not fitting:  # a smaller GPU than any table was made for: the smallest config
+        fitting = [min(configs, key=lambda c: smem_estimate(c, elem_bytes, elem_bytes))]
+    return fitting
+
+
+def _even_k(meta: dict) -> bool:
+    return meta["K"] % meta["BLOCK_K"] == 0
+
+
+def gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+    out_dtype: torch.dtype | None = None,
+    split_k: int | None = None,
+    config: triton.Config | None = None,
+) -> torch.Tensor:
+    """Y = post_activation(activation(a @ b + bias) + residual), cast to out_dtype.
+
+    a: (..., K) fp16/bf16/fp32; b: (K, N) of a's dtype, row- or column-major; bias: (N,);
+    residual: Y's shape (any strides); out_dtype: fp16/bf16/fp32 (default a's dtype).
+    split_k: None picks it from the shape; config pins one triton.Config (no autotuning).
+    """
+    device = check_device({"a": a, "b": b, "bias": bias, "residual": residual})
+    check_dtype("a", a, INPUT_DTYPES)
+    if b.dtype != a.dtype:
+        raise ValueError(f"b has dtype {b.dtype}, expected a's dtype {a.dtype}")
+    if a.dim() < 1:
+        raise ValueError("a must have at least one dimension")
+    check_matrix_layout("b", b)
+    k, n = b.shape
+    if a.shape[-1] != k:
+        raise ValueError(f"a has shape {tuple(a.shape)} and b {tuple(b.shape)}: inner dims differ")
+    out_dtype = out_dtype or a.dtype
+    if out_dtype not in FLOAT_OUT:
+        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
+    out_shape = (*a.shape[:-1], n)
+    check_epilogue_inputs(bias, residual, n, out_shape)
+    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
+
+    a2 = a.reshape(-1, k)
+    check_matrix_layout("a (as 2-D)", a2)
+    m = a2.shape[0]
+    check_output_size(m * n)
+    y = torch.empty(out_shape, device=device, dtype=out_dtype)
+    if m == 0 or n == 0:
+        return y
+    y2 = y.view(m, n)
+    r2 = residual.reshape(m, n) if residual is not None else None
+
+    arch = device_arch(device)
+    elem = a.element_size()
+    if config is not None:
+        configs = [config]
+    else:
+        configs = get_configs(arch, m, elem)
+        if arch != "interpreter":
+            configs = _fits(configs, max_shared_memory(device), elem)
+    if split_k is None:
+        c0 = configs[0].kwargs
+        tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(n, c0["BLOCK_N"])
+        split_k = pick_split_k(tiles, triton.cdiv(k, c0["BLOCK_K"]), num_sms(device))
+    if split_k < 1:
+        raise ValueError(f"split_k must be >= 1, got {split_k}")
+    ws = torch.empty((split_k, m, n), device=device, dtype=torch.float32) if split_k > 1 else y2
+
+    args = dict(
+        a_ptr=a2,
+        b_ptr=b,
+        bias_ptr=bias if bias is not None and split_k == 1 else y2,
+        res_ptr=r2 if r2 is not None and split_k == 1 else y2,
+        y_ptr=y2,
+        ws_ptr=ws,
+        M=m,
+        N=n,
+        K=k,
+        stride_am=a2.stride(0),
+        stride_ak=a2.stride(1),
+        stride_bk=b.stride(0),
+        stride_bn=b.stride(1),
+        stride_rm=r2.stride(0) if r2 is not None else 0,
+        stride_rn=r2.stride(1) if r2 is not None else 0,
+        stride_ym=y2.stride(0),
+        stride_yn=y2.stride(1),
+        p0=epi["p0"],
+        p1=epi["p1"],
+        q0=epi["q0"],
+        q1=epi["q1"],
+        SPLIT_K=split_k,
+        HAS_BIAS=bias is not None and split_k == 1,
+        ACT=epi["ACT"] if split_k == 1 else 0,
+        HAS_RES=r2 is not None and split_k == 1,
+        POST_ACT=epi["POST_ACT"] if split_k == 1 else 0,
+        DOT_MODE=1 if dot_upcast(a.dtype) else 0,
+    )
+
+    def grid(meta: dict) -> tuple:
+        tiles = triton.cdiv(meta["M"], meta["BLOCK_M"]) * triton.cdiv(meta["N"], meta["BLOCK_N"])
+        return (tiles, meta["SPLIT_K"])
+
+    launch(
+        gemm_kernel,
+        grid,
+        args,
+        configs,
+        tuner_id=("gemm", arch, gemm_bucket(m), elem, config is None),
+        key=["M", "N", "K", "SPLIT_K", "stride_ak", "stride_bn"],
+        heuristics={"EVEN_K": _even_k},
+    )
+    if split_k > 1:
+        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
+    return y
+
+
+def gemm_reference(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """torch reference of `gemm`: fp32 matmul, fp32 epilogue, cast at the end."""
+    acc = a.float() @ b.float()
+    return epilogue_reference(
+        acc,
+        bias,
+        residual,
+        activation,
+        activation_params,
+        post_activation,
+        post_activation_params,
+        out_dtype or a.dtype,
+    )

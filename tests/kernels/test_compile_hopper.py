@@ -1,0 +1,81 @@
+"""Compile gate: every kernel x sm90 config x dtype compiles for Hopper on the CPU.
+
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` runs the real compiler
+down to a cubin (ptxas included) without a GPU. It catches what the interpreter cannot:
+tl.dot shapes the hardware rejects, shared-memory overruns, lowering failures. The specs
+(kernels/specs.py) compile in one child process without TRITON_INTERPRET, in parallel, in a
+throwaway Triton cache; the table of shared memory and wgmma use is printed with the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from kernel_test_env import load
+
+specs = load("specs")
+
+ARCH = 90
+LIMIT = specs.SHARED_LIMIT[ARCH]  # 227 KiB opt-in per block on H100/H200
+SPECS = specs.all_specs(ARCH)
+LABELS = [s.label for s in SPECS]
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("gate") / "gate.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lepton_compile.kernels.specs",
+            "--arch",
+            str(ARCH),
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if not out.exists():
+        pytest.fail(f"compile gate did not run (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    data = json.loads(out.read_text())
+    return {"meta": data, **{r["label"]: r for r in data["results"]}}
+
+
+def test_gate_covers_every_spec(gate: dict, capsys: pytest.CaptureFixture) -> None:
+    meta = gate["meta"]
+    assert [r["label"] for r in meta["results"]] == LABELS
+    lines = [
+        f"compile gate: {len(LABELS)} specs for sm{ARCH}, triton {meta['triton']}, "
+        f"{meta['wall_s']} s, shared-memory limit {LIMIT} B"
+    ]
+    for r in meta["results"]:
+        if r["error"]:
+            lines.append(f"  {r['label']:52s} FAILED")
+        else:
+            wgmma = "yes" if r["wgmma"] else "no"
+            mma = "  mma.sync" if r["mma"] else ""
+            lines.append(f"  {r['label']:52s} shared {r['shared']:6d} B  wgmma {wgmma}{mma}")
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_compiles_for_hopper(gate: dict, label: str) -> None:
+    r = gate[label]
+    assert r["error"] is None, r["error"]
+    assert r["shared"] <= LIMIT, f"{label}: {r['shared']} B shared memory > {LIMIT}"
+    spec = SPECS[LABELS.index(label)]
+    if spec.wgmma_expected and spec.family == "gemm" and " fp16 " in f" {label} ":
+        assert r["wgmma"], f"{label}: no wgmma in the PTX (not on Hopper's tensor-core path)"
+    if spec.family in ("gemm", "w8a8", "fp8", "conv"):
+        assert r["wgmma"] or r["mma"], f"{label}: no tensor-core instruction in the PTX"
