@@ -653,3 +653,162 @@ def apply_scales(
     else:
         acc = acc * tl.load(b_scale_ptr).to(tl.float32)
     return acc
+
+
+# ---------------------------------------------------------------------------------------
+# Launcher pieces shared by gemm, the scaled GEMMs and conv2d.
+
+
+@triton.jit
+def store_tile(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    bias_ptr,
+    res_ptr,
+    stride_rm,
+    stride_rn,
+    y_ptr,
+    stride_ym,
+    stride_yn,
+    ws_ptr,
+    pid_k,
+    p0,
+    p1,
+    q0,
+    q1,
+    SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    POST_ACT: tl.constexpr,
+):
+    """The fused epilogue into Y (SPLIT_K == 1), else an fp32 partial into the workspace."""
+    if SPLIT_K == 1:
+        epilogue_store(
+            acc,
+            offs_m,
+            offs_n,
+            M,
+            N,
+            bias_ptr,
+            res_ptr,
+            stride_rm,
+            stride_rn,
+            y_ptr,
+            stride_ym,
+            stride_yn,
+            p0,
+            p1,
+            q0,
+            q1,
+            HAS_BIAS,
+            ACT,
+            HAS_RES,
+            POST_ACT,
+        )
+    else:
+        store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k)
+
+
+def epilogue_kernel_args(
+    epi: dict[str, Any],
+    bias: torch.Tensor | None,
+    res2d: torch.Tensor | None,
+    y2d: torch.Tensor,
+    fused: bool = True,
+) -> dict[str, Any]:
+    """Epilogue kernel arguments (pointers, strides, params, constexprs) for a 2-D output view.
+
+    fused=False (split-K main pass): bias, residual and activations are left to the reduce
+    pass, so the kernel gets dummy pointers and ACT = POST_ACT = 0.
+    """
+    return dict(
+        bias_ptr=bias if bias is not None and fused else y2d,
+        res_ptr=res2d if res2d is not None and fused else y2d,
+        y_ptr=y2d,
+        stride_rm=res2d.stride(0) if res2d is not None else 0,
+        stride_rn=res2d.stride(1) if res2d is not None else 0,
+        stride_ym=y2d.stride(0),
+        stride_yn=y2d.stride(1),
+        p0=epi["p0"],
+        p1=epi["p1"],
+        q0=epi["q0"],
+        q1=epi["q1"],
+        HAS_BIAS=bias is not None and fused,
+        ACT=epi["ACT"] if fused else 0,
+        HAS_RES=res2d is not None and fused,
+        POST_ACT=epi["POST_ACT"] if fused else 0,
+    )
+
+
+def check_gemm_inputs(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    epi_spec: tuple,
+) -> tuple[torch.Tensor, int, int, int, tuple, dict[str, Any]]:
+    """Shape/layout checks of a GEMM a (..., K) @ b (K, N): (a2, m, k, n, out_shape, epi)."""
+    if a.dim() < 1:
+        raise ValueError("a must have at least one dimension")
+    check_matrix_layout("b", b)
+    k, n = b.shape
+    if a.shape[-1] != k:
+        raise ValueError(f"a has shape {tuple(a.shape)} and b {tuple(b.shape)}: inner dims differ")
+    if out_dtype not in FLOAT_OUT:
+        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
+    out_shape = (*a.shape[:-1], n)
+    check_epilogue_inputs(bias, residual, n, out_shape)
+    epi = epilogue_args(*epi_spec)
+    a2 = a.reshape(-1, k)
+    check_matrix_layout("a (as 2-D)", a2)
+    return a2, a2.shape[0], k, n, out_shape, epi
+
+
+def fit_smem(
+    configs: list[triton.Config], limit: int, a_bytes: int, b_bytes: int
+) -> list[triton.Config]:
+    """Configs whose pipelined tiles fit in `limit` bytes, else the smallest one."""
+    fitting = [c for c in configs if smem_estimate(c, a_bytes, b_bytes) <= limit]
+    if not fitting:  # a smaller GPU than any table was made for: the smallest config
+        fitting = [min(configs, key=lambda c: smem_estimate(c, a_bytes, b_bytes))]
+    return fitting
+
+
+def gemm_split_k(
+    split_k: int | None,
+    configs: Sequence[triton.Config],
+    m: int,
+    n: int,
+    k: int,
+    device: torch.device,
+    y2d: torch.Tensor,
+) -> tuple[int, torch.Tensor]:
+    """(split_k, workspace): split_k picked from the first config when None, then checked.
+
+    The workspace is a (split_k, m, n) fp32 tensor when split_k > 1, else y2d itself.
+    """
+    if split_k is None:
+        c0 = configs[0].kwargs
+        tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(n, c0["BLOCK_N"])
+        split_k = pick_split_k(tiles, triton.cdiv(k, c0["BLOCK_K"]), num_sms(device))
+    if split_k < 1:
+        raise ValueError(f"split_k must be >= 1, got {split_k}")
+    ws = torch.empty((split_k, m, n), device=device, dtype=torch.float32) if split_k > 1 else y2d
+    return split_k, ws
+
+
+def gemm_grid(meta: dict) -> tuple:
+    tiles = triton.cdiv(meta["M"], meta["BLOCK_M"]) * triton.cdiv(meta["N"], meta["BLOCK_N"])
+    return (tiles, meta["SPLIT_K"])
+
+
+def even_k(meta: dict) -> bool:
+    return meta["K"] % meta["BLOCK_K"] == 0
+
+
+GEMM_TUNE_KEY = ("M", "N", "K", "SPLIT_K", "stride_ak", "stride_bn")

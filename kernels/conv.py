@@ -30,6 +30,7 @@ from lepton_compile.kernels._common import (
     device_arch,
     dot_upcast,
     epilogue_args,
+    epilogue_kernel_args,
     epilogue_reference,
     epilogue_store,
     grouped_tile,
@@ -558,13 +559,10 @@ def conv2d(
     if split_k < 1 or (split_k > 1 and groups > 1):
         raise ValueError(f"split_k={split_k}: must be >= 1, and 1 for grouped convs")
     ws = torch.empty((split_k, m, cout), device=device, dtype=torch.float32) if split_k > 1 else y2
-    one = split_k == 1
     args = dict(
+        **epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1),
         x_ptr=x,
         w_ptr=weight,
-        bias_ptr=bias if bias is not None and one else y2,
-        res_ptr=r2 if r2 is not None and one else y2,
-        y_ptr=y2,
         ws_ptr=ws,
         N=n,
         H=h,
@@ -582,28 +580,16 @@ def conv2d(
         stride_wc=weight.stride(1),
         stride_wr=weight.stride(2),
         stride_ws=weight.stride(3),
-        stride_rm=r2.stride(0) if r2 is not None else 0,
-        stride_rn=r2.stride(1) if r2 is not None else 0,
-        stride_ym=y2.stride(0),
-        stride_yn=y2.stride(1),
         conv_stride_h=sh,
         conv_stride_w=sw,
         pad_h=pt,
         pad_w=pl,
         dil_h=dh,
         dil_w=dw,
-        p0=epi["p0"],
-        p1=epi["p1"],
-        q0=epi["q0"],
-        q1=epi["q1"],
         R=r,
         S=s,
         SPLIT_K=split_k,
         K_FLAT=k_flat,
-        HAS_BIAS=bias is not None and one,
-        ACT=epi["ACT"] if one else 0,
-        HAS_RES=r2 is not None and one,
-        POST_ACT=epi["POST_ACT"] if one else 0,
         DOT_MODE=1 if dot_upcast(x.dtype) else 0,
     )
 
@@ -677,11 +663,9 @@ def depthwise_conv2d(
     arch = device_arch(device)
     configs = [config] if config is not None else get_depthwise_configs(arch)
     args = dict(
+        **epilogue_kernel_args(epi, bias, r2, y2),
         x_ptr=x,
         w_ptr=weight,
-        bias_ptr=bias if bias is not None else y2,
-        res_ptr=r2 if r2 is not None else y2,
-        y_ptr=y2,
         N=n,
         H=h,
         W=w,
@@ -695,27 +679,15 @@ def depthwise_conv2d(
         stride_wo=weight.stride(0),
         stride_wr=weight.stride(2),
         stride_ws=weight.stride(3),
-        stride_rm=r2.stride(0) if r2 is not None else 0,
-        stride_rn=r2.stride(1) if r2 is not None else 0,
-        stride_ym=y2.stride(0),
-        stride_yn=y2.stride(1),
         conv_stride_h=sh,
         conv_stride_w=sw,
         pad_h=pt,
         pad_w=pl,
         dil_h=dh,
         dil_w=dw,
-        p0=epi["p0"],
-        p1=epi["p1"],
-        q0=epi["q0"],
-        q1=epi["q1"],
         R=r,
         S=s,
         MULT=cout // c,
-        HAS_BIAS=bias is not None,
-        ACT=epi["ACT"],
-        HAS_RES=r2 is not None,
-        POST_ACT=epi["POST_ACT"],
     )
 
     def grid(meta: dict) -> tuple:

@@ -17,31 +17,30 @@ import triton
 import triton.language as tl
 
 from lepton_compile.kernels._common import (
-    FLOAT_OUT,
     GEMM_META,
+    GEMM_TUNE_KEY,
     Arch,
     check_device,
     check_dtype,
-    check_epilogue_inputs,
-    check_matrix_layout,
+    check_gemm_inputs,
     check_output_size,
     dedupe,
     device_arch,
     dot_upcast,
-    epilogue_args,
+    epilogue_kernel_args,
     epilogue_reference,
-    epilogue_store,
+    even_k,
+    fit_smem,
     gemm_bucket,
+    gemm_grid,
     gemm_mainloop,
+    gemm_split_k,
     grouped_tile,
     launch,
     make_configs,
     max_shared_memory,
-    num_sms,
-    pick_split_k,
     run_splitk_epilogue,
-    smem_estimate,
-    store_partial,
+    store_tile,
 )
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -107,31 +106,31 @@ def gemm_kernel(
     )
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if SPLIT_K == 1:
-        epilogue_store(
-            acc,
-            offs_m,
-            offs_n,
-            M,
-            N,
-            bias_ptr,
-            res_ptr,
-            stride_rm,
-            stride_rn,
-            y_ptr,
-            stride_ym,
-            stride_yn,
-            p0,
-            p1,
-            q0,
-            q1,
-            HAS_BIAS,
-            ACT,
-            HAS_RES,
-            POST_ACT,
-        )
-    else:
-        store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k)
+    store_tile(
+        acc,
+        offs_m,
+        offs_n,
+        M,
+        N,
+        bias_ptr,
+        res_ptr,
+        stride_rm,
+        stride_rn,
+        y_ptr,
+        stride_ym,
+        stride_yn,
+        ws_ptr,
+        pid_k,
+        p0,
+        p1,
+        q0,
+        q1,
+        SPLIT_K,
+        HAS_BIAS,
+        ACT,
+        HAS_RES,
+        POST_ACT,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,17 +231,6 @@ def get_configs(arch: Arch, m: int | None = None, elem_bytes: int = 2) -> list[t
     return dedupe(make_configs(_scale_k(rows, elem_bytes), GEMM_META))
 
 
-def _fits(configs: list[triton.Config], limit: int, elem_bytes: int) -> list[triton.Config]:
-    fitting = [c for c in configs if smem_estimate(c, elem_bytes, elem_bytes) <= limit]
-    if not fitting:  # a smaller GPU than any table was made for: the smallest config
-        fitting = [min(configs, key=lambda c: smem_estimate(c, elem_bytes, elem_bytes))]
-    return fitting
-
-
-def _even_k(meta: dict) -> bool:
-    return meta["K"] % meta["BLOCK_K"] == 0
-
-
 def gemm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -267,22 +255,9 @@ def gemm(
     check_dtype("a", a, INPUT_DTYPES)
     if b.dtype != a.dtype:
         raise ValueError(f"b has dtype {b.dtype}, expected a's dtype {a.dtype}")
-    if a.dim() < 1:
-        raise ValueError("a must have at least one dimension")
-    check_matrix_layout("b", b)
-    k, n = b.shape
-    if a.shape[-1] != k:
-        raise ValueError(f"a has shape {tuple(a.shape)} and b {tuple(b.shape)}: inner dims differ")
     out_dtype = out_dtype or a.dtype
-    if out_dtype not in FLOAT_OUT:
-        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
-    out_shape = (*a.shape[:-1], n)
-    check_epilogue_inputs(bias, residual, n, out_shape)
-    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
-
-    a2 = a.reshape(-1, k)
-    check_matrix_layout("a (as 2-D)", a2)
-    m = a2.shape[0]
+    spec = (activation, activation_params, post_activation, post_activation_params)
+    a2, m, k, n, out_shape, epi = check_gemm_inputs(a, b, bias, residual, out_dtype, spec)
     check_output_size(m * n)
     y = torch.empty(out_shape, device=device, dtype=out_dtype)
     if m == 0 or n == 0:
@@ -297,21 +272,13 @@ def gemm(
     else:
         configs = get_configs(arch, m, elem)
         if arch != "interpreter":
-            configs = _fits(configs, max_shared_memory(device), elem)
-    if split_k is None:
-        c0 = configs[0].kwargs
-        tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(n, c0["BLOCK_N"])
-        split_k = pick_split_k(tiles, triton.cdiv(k, c0["BLOCK_K"]), num_sms(device))
-    if split_k < 1:
-        raise ValueError(f"split_k must be >= 1, got {split_k}")
-    ws = torch.empty((split_k, m, n), device=device, dtype=torch.float32) if split_k > 1 else y2
+            configs = fit_smem(configs, max_shared_memory(device), elem, elem)
+    split_k, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
 
     args = dict(
+        **epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1),
         a_ptr=a2,
         b_ptr=b,
-        bias_ptr=bias if bias is not None and split_k == 1 else y2,
-        res_ptr=r2 if r2 is not None and split_k == 1 else y2,
-        y_ptr=y2,
         ws_ptr=ws,
         M=m,
         N=n,
@@ -320,34 +287,18 @@ def gemm(
         stride_ak=a2.stride(1),
         stride_bk=b.stride(0),
         stride_bn=b.stride(1),
-        stride_rm=r2.stride(0) if r2 is not None else 0,
-        stride_rn=r2.stride(1) if r2 is not None else 0,
-        stride_ym=y2.stride(0),
-        stride_yn=y2.stride(1),
-        p0=epi["p0"],
-        p1=epi["p1"],
-        q0=epi["q0"],
-        q1=epi["q1"],
         SPLIT_K=split_k,
-        HAS_BIAS=bias is not None and split_k == 1,
-        ACT=epi["ACT"] if split_k == 1 else 0,
-        HAS_RES=r2 is not None and split_k == 1,
-        POST_ACT=epi["POST_ACT"] if split_k == 1 else 0,
         DOT_MODE=1 if dot_upcast(a.dtype) else 0,
     )
 
-    def grid(meta: dict) -> tuple:
-        tiles = triton.cdiv(meta["M"], meta["BLOCK_M"]) * triton.cdiv(meta["N"], meta["BLOCK_N"])
-        return (tiles, meta["SPLIT_K"])
-
     launch(
         gemm_kernel,
-        grid,
+        gemm_grid,
         args,
         configs,
         tuner_id=("gemm", arch, gemm_bucket(m), elem, config is None),
-        key=["M", "N", "K", "SPLIT_K", "stride_ak", "stride_bn"],
-        heuristics={"EVEN_K": _even_k},
+        key=GEMM_TUNE_KEY,
+        heuristics={"EVEN_K": even_k},
     )
     if split_k > 1:
         run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)

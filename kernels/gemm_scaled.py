@@ -18,30 +18,29 @@ import triton
 import triton.language as tl
 
 from lepton_compile.kernels._common import (
-    FLOAT_OUT,
     GEMM_META,
+    GEMM_TUNE_KEY,
     Arch,
     apply_scales,
     check_device,
-    check_epilogue_inputs,
-    check_matrix_layout,
+    check_gemm_inputs,
     check_output_size,
     dedupe,
     device_arch,
-    epilogue_args,
+    epilogue_kernel_args,
     epilogue_reference,
-    epilogue_store,
+    even_k,
+    fit_smem,
     gemm_bucket,
+    gemm_grid,
     gemm_mainloop,
+    gemm_split_k,
     grouped_tile,
     launch,
     make_configs,
     max_shared_memory,
-    num_sms,
-    pick_split_k,
     run_splitk_epilogue,
-    smem_estimate,
-    store_partial,
+    store_tile,
 )
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -116,31 +115,31 @@ def scaled_gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = apply_scales(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, A_PER_ROW, B_PER_COL)
-    if SPLIT_K == 1:
-        epilogue_store(
-            acc,
-            offs_m,
-            offs_n,
-            M,
-            N,
-            bias_ptr,
-            res_ptr,
-            stride_rm,
-            stride_rn,
-            y_ptr,
-            stride_ym,
-            stride_yn,
-            p0,
-            p1,
-            q0,
-            q1,
-            HAS_BIAS,
-            ACT,
-            HAS_RES,
-            POST_ACT,
-        )
-    else:
-        store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k)
+    store_tile(
+        acc,
+        offs_m,
+        offs_n,
+        M,
+        N,
+        bias_ptr,
+        res_ptr,
+        stride_rm,
+        stride_rn,
+        y_ptr,
+        stride_ym,
+        stride_yn,
+        ws_ptr,
+        pid_k,
+        p0,
+        p1,
+        q0,
+        q1,
+        SPLIT_K,
+        HAS_BIAS,
+        ACT,
+        HAS_RES,
+        POST_ACT,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,10 +214,6 @@ def get_configs(arch: Arch, m: int | None = None) -> list[triton.Config]:
     return dedupe(make_configs([row for b in buckets for row in table[b]], GEMM_META))
 
 
-def _even_k(meta: dict) -> bool:
-    return meta["K"] % meta["BLOCK_K"] == 0
-
-
 def _scale_kind(name: str, scale: torch.Tensor, rows: int) -> bool:
     """True: one scale per row/column; False: one scale for all. ValueError otherwise."""
     if scale.dtype != torch.float32:
@@ -253,20 +248,7 @@ def _scaled_gemm(
     for name, t in (("a", a), ("b", b)):
         if t.dtype != in_dtype:
             raise ValueError(f"{name} has dtype {t.dtype}, expected {in_dtype} for {kind}")
-    if a.dim() < 1:
-        raise ValueError("a must have at least one dimension")
-    check_matrix_layout("b", b)
-    k, n = b.shape
-    if a.shape[-1] != k:
-        raise ValueError(f"a has shape {tuple(a.shape)} and b {tuple(b.shape)}: inner dims differ")
-    if out_dtype not in FLOAT_OUT:
-        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
-    out_shape = (*a.shape[:-1], n)
-    check_epilogue_inputs(bias, residual, n, out_shape)
-    epi = epilogue_args(*epi_spec)
-    a2 = a.reshape(-1, k)
-    check_matrix_layout("a (as 2-D)", a2)
-    m = a2.shape[0]
+    a2, m, k, n, out_shape, epi = check_gemm_inputs(a, b, bias, residual, out_dtype, epi_spec)
     a_per_row = _scale_kind("a_scale", a_scale, m)
     b_per_col = _scale_kind("b_scale", b_scale, n)
     arch = device_arch(device)
@@ -284,25 +266,14 @@ def _scaled_gemm(
     else:
         configs = get_configs(arch, m)
         if arch != "interpreter":
-            limit = max_shared_memory(device)
-            fitting = [c for c in configs if smem_estimate(c, 1, 1) <= limit]
-            configs = fitting or [min(configs, key=lambda c: smem_estimate(c, 1, 1))]
-    if split_k is None:
-        c0 = configs[0].kwargs
-        tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(n, c0["BLOCK_N"])
-        split_k = pick_split_k(tiles, triton.cdiv(k, c0["BLOCK_K"]), num_sms(device))
-    if split_k < 1:
-        raise ValueError(f"split_k must be >= 1, got {split_k}")
-    ws = torch.empty((split_k, m, n), device=device, dtype=torch.float32) if split_k > 1 else y2
-    one = split_k == 1
+            configs = fit_smem(configs, max_shared_memory(device), 1, 1)
+    split_k, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
     args = dict(
+        **epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1),
         a_ptr=a2,
         b_ptr=b,
         a_scale_ptr=a_scale,
         b_scale_ptr=b_scale,
-        bias_ptr=bias if bias is not None and one else y2,
-        res_ptr=r2 if r2 is not None and one else y2,
-        y_ptr=y2,
         ws_ptr=ws,
         M=m,
         N=n,
@@ -311,37 +282,21 @@ def _scaled_gemm(
         stride_ak=a2.stride(1),
         stride_bk=b.stride(0),
         stride_bn=b.stride(1),
-        stride_rm=r2.stride(0) if r2 is not None else 0,
-        stride_rn=r2.stride(1) if r2 is not None else 0,
-        stride_ym=y2.stride(0),
-        stride_yn=y2.stride(1),
-        p0=epi["p0"],
-        p1=epi["p1"],
-        q0=epi["q0"],
-        q1=epi["q1"],
         SPLIT_K=split_k,
         A_PER_ROW=a_per_row,
         B_PER_COL=b_per_col,
-        HAS_BIAS=bias is not None and one,
-        ACT=epi["ACT"] if one else 0,
-        HAS_RES=r2 is not None and one,
-        POST_ACT=epi["POST_ACT"] if one else 0,
         ACC_TYPE=tl.int32 if kind == "w8a8" else tl.float32,
         DOT_MODE=2 if kind == "fp8" and not fast_accum else 0,
     )
 
-    def grid(meta: dict) -> tuple:
-        tiles = triton.cdiv(meta["M"], meta["BLOCK_M"]) * triton.cdiv(meta["N"], meta["BLOCK_N"])
-        return (tiles, meta["SPLIT_K"])
-
     launch(
         scaled_gemm_kernel,
-        grid,
+        gemm_grid,
         args,
         configs,
         tuner_id=(kind, arch, gemm_bucket(m), fast_accum, config is None),
-        key=["M", "N", "K", "SPLIT_K", "stride_ak", "stride_bn"],
-        heuristics={"EVEN_K": _even_k},
+        key=GEMM_TUNE_KEY,
+        heuristics={"EVEN_K": even_k},
     )
     if split_k > 1:
         run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
