@@ -6,20 +6,21 @@
 
 Lowering (lower.py): the graph is interpreted node by node in topological order, one small
 converter per (domain, op_type) (registry.py, ops_*.py), and `torch.fx.experimental.
-proxy_tensor.make_fx` records the ATen ops the converters issue into an fx GraphModule.
-We chose make_fx over hand-built fx nodes or generated code because it gives concrete
-shapes while converting (so each converter is plain eager torch code that can branch on
-shapes) and an ATen-level graph that Inductor and CUDA graph capture take as is. Values
-known at lowering time (initializers, Constant, the Shape/Gather/Concat/Range arithmetic on
-static shapes) are computed eagerly on the CPU and never recorded, so the program is
-straight-line tensor code without dynamic shape logic. Initializers become buffers. A
-program is specialized to one set of input shapes; sessions cache one per shape set.
+proxy_tensor.make_fx` (fake tensors) records the ATen ops the converters issue into an fx
+GraphModule. We chose make_fx over hand-built fx nodes or generated code because it gives
+concrete shapes while converting (so each converter is plain eager torch code that can
+branch on shapes) and an ATen-level graph that Inductor and CUDA graph capture take as is.
+Values known at lowering time (initializers, Constant, the Shape/Gather/Concat/Range
+arithmetic on static shapes) are computed eagerly on the CPU and never recorded, so the
+program is straight-line tensor code without dynamic shape logic. Initializers become
+buffers. A program is specialized to one set of input shapes; sessions cache one per set.
 
-Ops without a converter are lowered through their ONNX function body (model-local
-functions, and schema functions such as Celu or Range-free decompositions) when one exists;
-anything else raises NotSupported naming the op, and the search skips that variant.
-If with a condition known at lowering time inlines the taken branch; Loop and Scan are
-not supported.
+Ops without a converter are lowered through their ONNX function body when one exists
+(model-local functions, and schema functions such as SoftmaxCrossEntropyLoss or Attention);
+anything else raises NotSupported naming the op, and the search skips that variant. So do
+element types torch cannot compute in (uint16/32/64, 4-bit and 2-bit types, strings). If
+with a condition known at lowering time inlines the taken branch; Loop, Scan and sequence
+ops are not supported.
 
 Execution modes (backend.py): `dtype` fp32/fp16/bf16 (float tensors computed in that type,
 float I/O kept as the model declares, cast at the boundary), `channels_last` (NHWC memory

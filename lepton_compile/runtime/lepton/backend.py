@@ -175,6 +175,7 @@ class LeptonSession:
         self._pin: set[str] = set()
         self._programs: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()
         self._graph_fallback: str | None = None
+        self._compile_options: dict[str, Any] | None = None
         self._graphs_active = False
         self._set_flags()
         shapes = {s.name: s.shape for s in self._lowering.inputs}
@@ -242,15 +243,7 @@ class LeptonSession:
         fn: Callable[..., Any] = program.module
         example = self._lowering.example_inputs(program.shapes, program.inputs)
         if self.options["compile"] == "inductor":
-            try:
-                fn = torch.compile(
-                    program.module, backend="inductor", dynamic=False, fullgraph=True
-                )
-                with torch.inference_mode():
-                    fn(*example)  # compile now, not inside the first measurement
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise NotSupported(f"torch.compile (inductor) failed: {first[:300]}") from None
+            fn = self._compile(program.module, example)
         if self.options["cuda_graphs"]:
             try:
                 runner = _CudaGraph(fn, example)
@@ -259,8 +252,36 @@ class LeptonSession:
             except Exception as e:
                 self._graph_fallback = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                 log.warning("CUDA graph capture failed, running without: %s", self._graph_fallback)
-                torch.cuda.synchronize()
+                try:
+                    torch.cuda.synchronize()
+                except Exception:  # a sticky error from the capture: eager runs will say so
+                    log.debug("synchronize after the failed capture raised", exc_info=True)
         return _Eager(fn, program.device)
+
+    def _compile(self, module: Any, example: Sequence[Any]) -> Callable[..., Any]:
+        """torch.compile with Inductor, compiled now rather than in the first measurement.
+
+        Inductor's pattern matcher can rewrite a graph into one that does not trace (torch
+        2.13: its attention rewrite broadcasts a 4-D mask against 3-D batched matmuls, as in
+        minilm-l6); if compiling fails, it is retried once with the pattern matcher off.
+        """
+        import torch
+
+        errors = []
+        for options in ({}, {"pattern_matcher": False}):
+            try:
+                fn = torch.compile(
+                    module, backend="inductor", dynamic=False, fullgraph=True, options=options
+                )
+                with torch.inference_mode():
+                    fn(*example)
+                self._compile_options = options
+                return fn
+            except Exception as e:
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                errors.append(" ".join(lines[:3]) or type(e).__name__)
+                log.debug("torch.compile failed with options %s", options, exc_info=True)
+        raise NotSupported(f"torch.compile (inductor) failed: {errors[-1][:400]}")
 
     def _set_flags(self) -> None:
         import torch
@@ -315,12 +336,14 @@ class LeptonSession:
             "cuda_graphs": self._graphs_active,
             "cuda_graphs_fallback": self._graph_fallback,
             "compile": self.options["compile"],
+            "compile_options": self._compile_options,
             "threads": torch.get_num_threads(),
             "tf32": self.options["tf32"] if self.device.startswith("cuda") else None,
             "cudnn_benchmark": True if self.device.startswith("cuda") else None,
             "lowering": "torch.fx GraphModule of ATen ops (make_fx), shapes folded",
             "programs": len(self._programs),
             "pinned_inputs": sorted(self._pin),
+            "clamped_constants": self._lowering.clamped,
         }
 
 

@@ -1,16 +1,22 @@
 """ONNX graph (static shapes) -> torch.fx GraphModule of ATen ops, shapes folded to constants.
 
 How: an interpreter walks the graph in order and calls one converter per node (registry.py);
-`make_fx` (real tensors, no autograd) records what the converters do into a GraphModule.
+`make_fx` records what the converters do into a GraphModule. It traces with fake tensors:
+shapes and dtypes are concrete while converting, but nothing is computed, so no dummy input
+can divide by zero or index out of range, and tracing a large model costs no compute.
+
 Every value is either a `Const` (known at lowering time: initializers, Constant, and
 everything computed only from them, e.g. the Shape/Gather/Concat arithmetic of a reshape
-target, which is evaluated eagerly on the CPU and never traced) or a `Dyn` (a traced tensor
-that depends on a graph input). Shape-only ops (Shape, Size, EyeLike, ConstantOfShape...)
-give Consts even for traced inputs, so the recorded program has no shape logic at all: it
-is the straight-line sequence of tensor ops for one set of input shapes, which is what
-CUDA graph capture and Inductor want. A Const that a traced op uses becomes a buffer of the
-module (cast to the compute dtype, on the device); an FX pass then folds ops whose inputs
-are all buffers (weight transposes, reshaped biases).
+target, evaluated eagerly on the CPU and never traced) or a `Dyn` (a traced tensor that
+depends on a graph input). Shape-only ops (Shape, Size, EyeLike, ConstantOfShape...) give
+Consts even for traced inputs, so the recorded program has no shape logic at all: it is the
+straight-line sequence of tensor ops for one set of input shapes, which is what CUDA graph
+capture and Inductor want. A Const that a traced op uses becomes a buffer of the module
+(cast to the compute dtype, on the device); an FX pass then folds ops whose inputs are all
+buffers (weight transposes, reshaped biases). One peephole happens while converting: a
+BatchNormalization that is the only consumer of a Conv with constant weights is folded
+into that Conv's weights (in float64, so a running variance beyond float16's range never
+becomes a float16 weight).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -494,6 +499,13 @@ class Lowering:
         with torch.no_grad(), _quiet_make_fx():
             gm = make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
         fold_constants(gm)
+        scalarize_constants(gm)
+        if self.clamped:
+            log.info(
+                "%d constant elements lie outside %s's range and were clamped to its maximum",
+                self.clamped,
+                self.options.dtype,
+            )
         return Program(
             module=gm,
             inputs=traced_specs,
@@ -774,5 +786,40 @@ def fold_constants(gm: torch.fx.GraphModule, growth: int = 2) -> int:
     return folded
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def scalarize_constants(gm: torch.fx.GraphModule) -> int:
+    """add/sub/mul/div by a 0-d buffer of the other operand's dtype -> by a Python number.
+
+    Same values (the number is the buffer's, already rounded to its dtype), one tensor
+    fewer per op, and Inductor's attention pattern matcher expects a number for the scale
+    of `softmax(q @ k / scale)` (a 0-d tensor there makes it fail).
+    """
+    ops = {
+        torch.ops.aten.add.Tensor,
+        torch.ops.aten.sub.Tensor,
+        torch.ops.aten.mul.Tensor,
+        torch.ops.aten.div.Tensor,
+    }
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in ops or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
+            continue
+        if b.op != "get_attr":
+            continue
+        value = getattr(gm, b.target)
+        a_val = a.meta.get("val")
+        if value.dim() != 0 or a_val is None or a_val.dtype != value.dtype:
+            continue
+        if not value.is_floating_point() and value.dtype != torch.int64:
+            continue
+        node.args = (a, value.item())
+        changed += 1
+    if changed:
+        gm.graph.eliminate_dead_code()
+        used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+        for name in [n for n, _ in gm.named_buffers() if "." not in n and n not in used]:
+            delattr(gm, name)
+        gm.recompile()
+    return changed

@@ -49,7 +49,7 @@ _UNARY = {
 }
 
 
-def _unary(fn):  # noqa: ANN001, ANN202
+def _unary(fn):
     return lambda ctx: fn(ctx.input(0))
 
 
@@ -58,19 +58,19 @@ for _name, _fn in _UNARY.items():
 
 
 @op("Identity")
-def identity(ctx: NodeCtx):  # noqa: ANN201
+def identity(ctx: NodeCtx):
     return ctx.input(0)
 
 
 @op("Softplus")
-def softplus(ctx: NodeCtx):  # noqa: ANN201
+def softplus(ctx: NodeCtx):
     x = ctx.input(0)
     # log(1 + exp(x)) without overflow; F.softplus switches to x above a threshold.
     return torch.where(x > 0, x + torch.log1p(torch.exp(-x)), torch.log1p(torch.exp(x)))
 
 
 @op("IsInf")
-def isinf(ctx: NodeCtx):  # noqa: ANN201
+def isinf(ctx: NodeCtx):
     x = ctx.input(0)
     neg, pos = ctx.attr("detect_negative", 1), ctx.attr("detect_positive", 1)
     if neg and pos:
@@ -83,17 +83,17 @@ def isinf(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("Elu")
-def elu(ctx: NodeCtx):  # noqa: ANN201
+def elu(ctx: NodeCtx):
     return F.elu(ctx.input(0), alpha=ctx.attr("alpha", 1.0))
 
 
 @op("Celu")
-def celu(ctx: NodeCtx):  # noqa: ANN201
+def celu(ctx: NodeCtx):
     return F.celu(ctx.input(0), alpha=ctx.attr("alpha", 1.0))
 
 
 @op("Selu")
-def selu(ctx: NodeCtx):  # noqa: ANN201
+def selu(ctx: NodeCtx):
     x = ctx.input(0)
     alpha = ctx.attr("alpha", 1.67326319217681884765625)
     gamma = ctx.attr("gamma", 1.05070102214813232421875)
@@ -101,24 +101,24 @@ def selu(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("LeakyRelu")
-def leaky_relu(ctx: NodeCtx):  # noqa: ANN201
+def leaky_relu(ctx: NodeCtx):
     return F.leaky_relu(ctx.input(0), negative_slope=ctx.attr("alpha", 0.01))
 
 
 @op("ThresholdedRelu")
-def thresholded_relu(ctx: NodeCtx):  # noqa: ANN201
+def thresholded_relu(ctx: NodeCtx):
     x = ctx.input(0)
     return torch.where(x > ctx.attr("alpha", 1.0), x, torch.zeros_like(x))
 
 
 @op("HardSigmoid")
-def hard_sigmoid(ctx: NodeCtx):  # noqa: ANN201
+def hard_sigmoid(ctx: NodeCtx):
     x = ctx.input(0)
     return torch.clamp(x * ctx.attr("alpha", 0.2) + ctx.attr("beta", 0.5), 0.0, 1.0)
 
 
 @op("Gelu")
-def gelu(ctx: NodeCtx):  # noqa: ANN201
+def gelu(ctx: NodeCtx):
     approximate = ctx.attr("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise ctx.unsupported(f"approximate={approximate!r}")
@@ -126,13 +126,13 @@ def gelu(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("Swish")
-def swish(ctx: NodeCtx):  # noqa: ANN201
+def swish(ctx: NodeCtx):
     x = ctx.input(0)
     return x * torch.sigmoid(ctx.attr("alpha", 1.0) * x)
 
 
 @op("Shrink")
-def shrink(ctx: NodeCtx):  # noqa: ANN201
+def shrink(ctx: NodeCtx):
     x = ctx.input(0)
     lambd, bias = ctx.attr("lambd", 0.5), ctx.attr("bias", 0.0)
     zero = torch.zeros_like(x)
@@ -141,7 +141,7 @@ def shrink(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("PRelu")
-def prelu(ctx: NodeCtx):  # noqa: ANN201
+def prelu(ctx: NodeCtx):
     x, slope = ctx.input(0), ctx.input(1)
     if slope.dim() == 1 and x.dim() > 2 and slope.numel() == x.shape[1] > 1:
         try:
@@ -174,7 +174,7 @@ _BINARY = {
 }
 
 
-def _binary(fn):  # noqa: ANN001, ANN202
+def _binary(fn):
     return lambda ctx: fn(ctx.input(0), ctx.input(1))
 
 
@@ -183,7 +183,7 @@ for _name, _fn in _BINARY.items():
 
 
 @op("Div")
-def div(ctx: NodeCtx):  # noqa: ANN201
+def div(ctx: NodeCtx):
     a, b = ctx.input(0), ctx.input(1)
     if a.is_floating_point():
         return torch.div(a, b)
@@ -191,7 +191,7 @@ def div(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("Pow")
-def pow_(ctx: NodeCtx):  # noqa: ANN201
+def pow_(ctx: NodeCtx):
     x, y = ctx.input(0), ctx.input(1)
     if x.is_floating_point() and y.is_floating_point() and y.dtype != x.dtype:
         y = y.to(x.dtype)
@@ -200,7 +200,7 @@ def pow_(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("Mod")
-def mod(ctx: NodeCtx):  # noqa: ANN201
+def mod(ctx: NodeCtx):
     a, b = ctx.input(0), ctx.input(1)
     if ctx.attr("fmod", 0):
         return torch.fmod(a, b)
@@ -208,7 +208,7 @@ def mod(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("BitShift")
-def bit_shift(ctx: NodeCtx):  # noqa: ANN201
+def bit_shift(ctx: NodeCtx):
     a, b = ctx.input(0), ctx.input(1)
     direction = ctx.attr("direction", "")
     if direction == "LEFT":
@@ -218,8 +218,8 @@ def bit_shift(ctx: NodeCtx):  # noqa: ANN201
     raise ctx.unsupported(f"direction={direction!r}")
 
 
-def _variadic(fn):  # noqa: ANN001, ANN202
-    def convert(ctx: NodeCtx):  # noqa: ANN202
+def _variadic(fn):
+    def convert(ctx: NodeCtx):
         xs = [x for x in ctx.inputs() if x is not None]
         return functools.reduce(fn, xs)
 
@@ -232,18 +232,18 @@ op("Sum")(_variadic(torch.add))
 
 
 @op("Mean")
-def mean(ctx: NodeCtx):  # noqa: ANN201
+def mean(ctx: NodeCtx):
     xs = [x for x in ctx.inputs() if x is not None]
     return functools.reduce(torch.add, xs) / len(xs)
 
 
 @op("Where")
-def where(ctx: NodeCtx):  # noqa: ANN201
+def where(ctx: NodeCtx):
     return torch.where(ctx.input(0), ctx.input(1), ctx.input(2))
 
 
 @op("Clip")
-def clip(ctx: NodeCtx):  # noqa: ANN201
+def clip(ctx: NodeCtx):
     x = ctx.input(0)
     if ctx.opset < 11:
         lo = ctx.attr("min", -math.inf)
@@ -279,17 +279,28 @@ def cast_to(x: torch.Tensor, dtype: torch.dtype, saturate: bool = True) -> torch
 
 
 @op("Cast")
-def cast(ctx: NodeCtx):  # noqa: ANN201
+def cast(ctx: NodeCtx):
     return cast_to(ctx.input(0), ctx.dtype(ctx.attr("to")), bool(ctx.attr("saturate", 1)))
 
 
 @op("CastLike")
-def cast_like(ctx: NodeCtx):  # noqa: ANN201
+def cast_like(ctx: NodeCtx):
     return cast_to(ctx.input(0), ctx.in_dtype(1), bool(ctx.attr("saturate", 1)))
 
 
+@op("BitCast")
+def bit_cast(ctx: NodeCtx):
+    x = ctx.input(0)
+    target = dtypes.torch_dtype(ctx.attr("to"), "BitCast")
+    if target.itemsize != x.dtype.itemsize:
+        raise ctx.unsupported(f"{x.dtype} and {target} differ in width")
+    if x.dtype == torch.bool or target == torch.bool:
+        return (x.view(torch.uint8) if x.dtype == torch.bool else x).view(target)
+    return x.view(target)
+
+
 @op("Constant")
-def constant(ctx: NodeCtx):  # noqa: ANN201
+def constant(ctx: NodeCtx):
     for name in ("value_string", "value_strings"):
         if ctx.has_attr(name):
             raise ctx.unsupported("string constants are not supported")
@@ -309,7 +320,7 @@ def constant(ctx: NodeCtx):  # noqa: ANN201
 
 
 @op("Dropout")
-def dropout(ctx: NodeCtx):  # noqa: ANN201
+def dropout(ctx: NodeCtx):
     x = ctx.input(0)
     if ctx.has(2):
         training = ctx.const(2, "training_mode")

@@ -132,38 +132,41 @@ def conv_transpose(ctx: NodeCtx):
     out_pad = _ints(ctx, "output_padding", n, 0)
     spatial = list(x.shape[2:])
     full = [
-        (i - 1) * s + (k - 1) * d + 1 for i, s, k, d in zip(spatial, strides, kernel, dilations)
+        (i - 1) * s + (k - 1) * d + 1
+        for i, s, k, d in zip(spatial, strides, kernel, dilations, strict=True)
     ]
     auto_pad = ctx.attr("auto_pad", "NOTSET")
     output_shape = ctx.attr("output_shape")
     if output_shape:
         output_shape = list(output_shape)[-n:]
-        total = [f + op_ - o for f, op_, o in zip(full, out_pad, output_shape)]
+        total = [f + op_ - o for f, op_, o in zip(full, out_pad, output_shape, strict=True)]
         if auto_pad == "SAME_UPPER":
             begin = [t // 2 for t in total]
         else:
             begin = [t - t // 2 for t in total]
-        end = [t - bb for t, bb in zip(total, begin)]
+        end = [t - bb for t, bb in zip(total, begin, strict=True)]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = [i * s for i, s in zip(spatial, strides)]
-        total = [f + op_ - t for f, op_, t in zip(full, out_pad, target)]
+        target = [i * s for i, s in zip(spatial, strides, strict=True)]
+        total = [f + op_ - t for f, op_, t in zip(full, out_pad, target, strict=True)]
         if auto_pad == "SAME_UPPER":
             begin = [t // 2 for t in total]
         else:
             begin = [t - t // 2 for t in total]
-        end = [t - bb for t, bb in zip(total, begin)]
+        end = [t - bb for t, bb in zip(total, begin, strict=True)]
     elif auto_pad == "VALID":
         begin, end = [0] * n, [0] * n
     else:
         pads = _ints(ctx, "pads", 2 * n, 0)
         begin, end = pads[:n], pads[n:]
-    if begin == end and all(0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations)):
+    if begin == end and all(
+        0 <= p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)
+    ):
         if all(p >= 0 for p in begin):
             return _CONV_T[n](x, w, b, strides, begin, out_pad, group, dilations)
     # General case: full transposed conv, then crop/extend each spatial dim, then the bias.
     y = _CONV_T[n](x, w, None, strides, 0, 0, group, dilations)
-    lengths = [f + op_ - bb - e for f, op_, bb, e in zip(full, out_pad, begin, end)]
-    tail = [length - (f - bb) for length, f, bb in zip(lengths, full, begin)]
+    lengths = [f + op_ - bb - e for f, op_, bb, e in zip(full, out_pad, begin, end, strict=True)]
+    tail = [length - (f - bb) for length, f, bb in zip(lengths, full, begin, strict=True)]
     y = F.pad(y, torch_pad([-bb for bb in begin], tail))
     if b is not None:
         y = y + b.reshape(1, -1, *([1] * n))
@@ -176,8 +179,6 @@ def conv_transpose(ctx: NodeCtx):
 def gemm(ctx: NodeCtx, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
-    if ctx.opset < 7 and c is not None and not ctx.attr("broadcast", 0):
-        pass  # C already has the output shape
     if not ta and tb and alpha == 1.0 and (c is None or (beta == 1.0 and c.dim() <= 1)):
         if c is not None and c.dim() == 1 and c.shape[0] == b.shape[0]:
             return F.linear(a, b, c)
@@ -370,7 +371,7 @@ def mean_variance_normalization(ctx: NodeCtx):
 # -- softmax family ---------------------------------------------------------------------
 
 
-def _softmax_like(ctx: NodeCtx, fn) -> torch.Tensor:  # noqa: ANN001
+def _softmax_like(ctx: NodeCtx, fn) -> torch.Tensor:
     x = ctx.input(0)
     if ctx.opset >= 13:
         return fn(x, int(ctx.attr("axis", -1)))
@@ -444,7 +445,13 @@ class _Pool:
         self.reach = [
             max(0, (o - 1) * s + (k - 1) * d + 1 - size - b)
             for o, s, k, d, size, b in zip(
-                self.out, self.strides, self.kernel, self.dilations, self.spatial, self.begin
+                self.out,
+                self.strides,
+                self.kernel,
+                self.dilations,
+                self.spatial,
+                self.begin,
+                strict=True,
             )
         ]
 
@@ -514,7 +521,7 @@ def _window_count(ctx: NodeCtx, x: torch.Tensor, g: _Pool, include_pad: bool) ->
         ones = torch.ones((1, 1, *g.spatial), dtype=torch.float64)
         if include_pad:
             mask = F.pad(ones, torch_pad(g.begin, g.end), value=1.0)
-            extra = [r - e for r, e in zip(g.reach, g.end)]
+            extra = [r - e for r, e in zip(g.reach, g.end, strict=True)]
             mask = F.pad(mask, torch_pad([0] * g.n, extra), value=0.0)
         else:
             mask = F.pad(ones, torch_pad(g.begin, g.reach), value=0.0)
@@ -562,3 +569,55 @@ def global_lp_pool(ctx: NodeCtx):
     x = ctx.input(0)
     p = float(ctx.attr("p", 2))
     return torch.linalg.vector_norm(x, ord=p, dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+# -- GridSample ---------------------------------------------------------------------------
+
+_GRID_MODES = {
+    "bilinear": "bilinear",
+    "linear": "bilinear",
+    "nearest": "nearest",
+    "bicubic": "bicubic",
+    "cubic": "bicubic",
+}
+
+
+@op("GridSample")
+def grid_sample(ctx: NodeCtx):
+    x, grid = ctx.input(0), ctx.input(1)
+    mode = _GRID_MODES.get(ctx.attr("mode", "bilinear" if ctx.opset < 20 else "linear"))
+    padding = ctx.attr("padding_mode", "zeros")
+    if mode is None or padding not in ("zeros", "border", "reflection"):
+        raise ctx.unsupported(f"mode={ctx.attr('mode')!r} padding_mode={padding!r}")
+    if x.dim() not in (4, 5) or (x.dim() == 5 and mode == "bicubic"):
+        raise ctx.unsupported(f"{x.dim() - 2}-D sampling with mode {mode}")
+    return F.grid_sample(
+        x,
+        grid.to(x.dtype),
+        mode=mode,
+        padding_mode=padding,
+        align_corners=bool(ctx.attr("align_corners", 0)),
+    )
+
+
+@op("AffineGrid")
+def affine_grid(ctx: NodeCtx):
+    theta = ctx.input(0)
+    size = ctx.ints(1, "size")
+    return F.affine_grid(theta, size, align_corners=bool(ctx.attr("align_corners", 0)))
+
+
+@op("Col2Im")
+def col2im(ctx: NodeCtx):
+    x = ctx.input(0)
+    image = ctx.ints(1, "image_shape")
+    block = ctx.ints(2, "block_shape")
+    n = len(image)
+    if n != 2:
+        raise ctx.unsupported(f"{n}-D images (torch folds 2-D only)")
+    dilations = _ints(ctx, "dilations", n, 1)
+    strides = _ints(ctx, "strides", n, 1)
+    pads = _ints(ctx, "pads", 2 * n, 0)
+    if pads[:n] != pads[n:]:
+        raise ctx.unsupported(f"asymmetric pads {pads}")
+    return F.fold(x, image, block, dilation=dilations, padding=pads[:n], stride=strides)

@@ -29,7 +29,7 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_floating_point() else x.to(torch.float64)
 
 
-def _reducer(name: str):  # noqa: ANN202
+def _reducer(name: str):
     def reduce_(x: torch.Tensor, axes: list[int], keep: bool) -> torch.Tensor:
         if name == "ReduceSum":
             return torch.sum(x, axes, keepdim=keep, dtype=x.dtype)
@@ -73,10 +73,10 @@ def _empty_value(name: str, dtype: torch.dtype) -> float:
     return 0
 
 
-def _make(name: str):  # noqa: ANN202
+def _make(name: str):
     reduce_ = _reducer(name)
 
-    def convert(ctx: NodeCtx):  # noqa: ANN202
+    def convert(ctx: NodeCtx):
         x = ctx.input(0)
         axes = _axes(ctx, x)
         if axes is None:
@@ -107,7 +107,7 @@ for _name in (
     op(_name)(_make(_name))
 
 
-def _arg(ctx: NodeCtx, fn) -> torch.Tensor:  # noqa: ANN001
+def _arg(ctx: NodeCtx, fn) -> torch.Tensor:
     x = ctx.input(0)
     axis = int(ctx.attr("axis", 0))
     axis = axis + x.dim() if axis < 0 else axis

@@ -254,9 +254,9 @@ def _torch_native(spec: _Spec, x: torch.Tensor) -> torch.Tensor | None:
         return None
     spatial_out = spec.out[2:]
     if spec.mode == "nearest":
-        ratios = [o / i for o, i in zip(spatial_out, spec.in_shape[2:])]
+        ratios = [o / i for o, i in zip(spatial_out, spec.in_shape[2:], strict=True)]
         if not all(_pow2(r) for r in ratios) or any(
-            s != r for s, r in zip(spec.scales[2:], ratios)
+            s != r for s, r in zip(spec.scales[2:], ratios, strict=True)
         ):
             return None
         floor_like = spec.nearest_mode in ("floor", "legacy")
@@ -284,7 +284,10 @@ def _torch_native(spec: _Spec, x: torch.Tensor) -> torch.Tensor | None:
     if (
         align
         and spec.given == "scales"
-        and any(s * i != o for s, i, o in zip(spec.scales[2:], spec.in_shape[2:], spatial_out))
+        and any(
+            s * i != o
+            for s, i, o in zip(spec.scales[2:], spec.in_shape[2:], spatial_out, strict=True)
+        )
     ):
         return None  # ONNX aligns to scale * input (not an integer here), torch to the size
     if spec.given == "sizes" or align:

@@ -122,7 +122,6 @@ class _Common:
 @op("LSTM")
 def lstm(ctx: NodeCtx):
     c = _Common(ctx, 4)
-    f, g, h = (None, None, None)
     acts = _activations(ctx, ["Sigmoid", "Tanh", "Tanh"], c.num_dir)
     p = ctx.input(7)
     h0, c0 = c.initial(5), c.initial(6)

@@ -392,7 +392,7 @@ def trilu(ctx: NodeCtx):
     return torch.triu(x, k) if ctx.attr("upper", 1) else torch.tril(x, k)
 
 
-def _cumulative(ctx: NodeCtx, fn, identity: int):  # noqa: ANN001, ANN202
+def _cumulative(ctx: NodeCtx, fn, identity: int):
     x = ctx.input(0)
     axis = _axis(int(ctx.const(1, "axis").reshape(-1)[0]), x.dim())
     if ctx.attr("reverse", 0):
