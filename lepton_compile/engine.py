@@ -342,7 +342,7 @@ def compile(
                 "rejected", f"latency {v.latency.mean:.3f} ms > --max-latency-ms {max_latency_ms:g}"
             )
 
-    _add_roofline(variants, loaded)
+    _add_roofline(variants, loaded, device_at_start)
     front = set(search.pareto_front(variants))
     for v in variants:
         v.pareto = v.id in front
@@ -386,13 +386,13 @@ def compile(
     return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
 
 
-def _add_roofline(variants: list[VariantResult], loaded: intake.LoadedModel) -> None:
+def _add_roofline(
+    variants: list[VariantResult], loaded: intake.LoadedModel, rec: dict[str, Any]
+) -> None:
     """FLOPs and bytes of each built variant, and the spec-sheet reference energy beside the
     measured one where the device is in the peak table (a reference, not a bound)."""
     from lepton_compile.bench import roofline
-    from lepton_compile.bench.device import device_record
 
-    rec = device_record(None)
     costs: dict[Path, Any] = {}
     shapes = {s.name: [int(d) for d in (s.shape or ())] for s in loaded.inputs}
     for v in variants:
