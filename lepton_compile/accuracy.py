@@ -48,14 +48,19 @@ class Fidelity:
     reason: str = ""
     samples: int = 0
     extra: dict = field(default_factory=dict)
+    metric_drop: float | None = None  # set when a user metric judges the variant
 
     @property
     def drop(self) -> float:
+        if self.metric_drop is not None:
+            return self.metric_drop
         return max((o.drop for o in self.outputs), default=0.0)
 
     def to_dict(self) -> dict:
         return {
-            "metric": "fidelity vs original on held-out eval inputs",
+            "metric": "user metric on held-out eval labels"
+            if self.metric_drop is not None
+            else "fidelity vs original on held-out eval inputs",
             "samples": self.samples,
             "drop": round(self.drop, 6),
             "max_drop": self.max_drop,
@@ -153,3 +158,16 @@ def compare(
         fid.reason = f"output {worst.name!r}: drop {worst.drop:.4f} > {max_drop:g}"
     fid.passed = not fid.reason
     return fid
+
+
+def apply_metric(fid: Fidelity, original: float, value: float, max_drop: float) -> None:
+    """Judge ``fid`` by the user's metric (higher is better) instead of output fidelity."""
+    drop = max(0.0, original - value)
+    fid.metric_drop = drop
+    fid.extra["user_metric"] = {
+        "original": original,
+        "variant": value,
+        "drop": round(original - value, 6),
+    }
+    fid.reason = "" if drop <= max_drop else f"metric drop {drop:.4f} > {max_drop:g}"
+    fid.passed = not fid.reason

@@ -67,6 +67,9 @@ class VariantCache:
         if not self.enabled:
             return None
         value = self.store.get(self.key(v))
+        if value and value.get("status") == "skipped" and value.get("deterministic"):
+            value["artifact_path"] = None  # not applicable to this model: nothing was built
+            return value
         if not value or value.get("status") not in _REUSABLE:
             return None
         art = self.dir / value["artifact"] if self.dir and value.get("artifact") else None
@@ -88,6 +91,23 @@ class VariantCache:
         v.cache = {"hit": True, "measurement_reused": with_measurement, "key": self.key(v)[:16]}
 
     def save(self, v: Any) -> None:
+        if self.enabled and v.status == "skipped" and v.build.get("skip") == "deterministic":
+            self.store.put(
+                self.key(v),
+                {
+                    "status": v.status,
+                    "reason": v.reason,
+                    "build": v.build,
+                    "deterministic": True,
+                    "size_bytes": 0,
+                },
+                {
+                    "model": self.common.get("model_sha256", "")[:16],
+                    "recipe": v.recipe.name,
+                    "backend": f"{v.backend}-{v.device}",
+                },
+            )
+            return
         if not self.enabled or v.status not in _REUSABLE or v.artifact is None or not self.dir:
             return
         if v.status == "ok" and v.measurement is None:

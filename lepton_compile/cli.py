@@ -8,23 +8,25 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lepton_compile import __version__
-from lepton_compile.errors import LeptonError
+from lepton_compile.errors import InputError, LeptonError
 
 EXIT_OK, EXIT_CONSTRAINTS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
-SUBCOMMANDS = ("bench", "cache", "gate", "optimize", "passes")
+SUBCOMMANDS = ("bench", "cache", "gate", "optimize", "passes", "recipes")
 
 _EPILOG = """\
 other commands:
   lepton-compile optimize MODEL -o OUT     run the graph passes only (verified)
   lepton-compile gate BASE.json CUR.json   compare two reports (CI perf gate)
   lepton-compile passes                    list the graph passes and pipelines
+  lepton-compile recipes                   list the recipes (variants) and recipe groups
   lepton-compile bench MODEL               measure one model as it is (no search)
   lepton-compile cache list|clear          the result cache of earlier runs
 
@@ -34,7 +36,14 @@ exit codes: 0 success, 1 nothing met the constraints / gate failed,
 examples:
   lepton-compile model.onnx --input-shape images=1x3x320x320
   lepton-compile model.onnx --objective latency --recipes fused,int8-qdq --json
+  lepton-compile model.onnx --recipes quantize,prune --inputs calib/ --metric m.py:accuracy
 """
+
+
+def _default_recipes() -> tuple[str, ...]:
+    from lepton_compile.recipes import DEFAULT_RECIPES
+
+    return DEFAULT_RECIPES
 
 
 def _backend_choices() -> list[str]:
@@ -94,8 +103,27 @@ def _compile_parser() -> argparse.ArgumentParser:
         "--recipes",
         default=None,
         metavar="A,B",
-        help="recipes to try (default: all; 'original' is always included); "
-        "see the list in the report or lepton_compile.recipes.RECIPES",
+        help="recipes to try, comma-separated; 'original' is always included. Also the "
+        "groups 'default', 'quantize', 'prune' and 'all'. See `lepton-compile recipes` "
+        "(default: " + ",".join(_default_recipes()) + ")",
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="judge variants with your metric instead of output fidelity: "
+        "FUNCTION(outputs, labels) -> float, higher is better, where outputs and labels are "
+        "lists with one dict per sample; labels come from 'label' arrays in the --inputs "
+        ".npz files. A variant passes when metric(original) - metric(variant) <= "
+        "--max-accuracy-drop",
+    )
+    p.add_argument(
+        "--search-budget-s",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="time each accuracy-aware recipe (mixed precision, pruning) may spend measuring "
+        "layer sensitivity (default: 120)",
     )
     p.add_argument(
         "--backend",
@@ -268,6 +296,33 @@ class _RichObserver:
         self.advance()
 
 
+def _load_metric(spec: str) -> Any:
+    """``module:function`` (or ``path/to/file.py:function``) -> the callable."""
+    import importlib
+
+    mod_name, _, attr = spec.rpartition(":")
+    if not mod_name or not attr:
+        raise InputError(f"--metric {spec}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name).resolve()
+            if not path.is_file():
+                raise InputError(f"--metric {spec}: {path} not found")
+            # Importable by name (worker processes get this sys.path too), so it can be pickled.
+            sys.path.insert(0, str(path.parent))
+            module = importlib.import_module(path.stem)
+        else:
+            module = importlib.import_module(mod_name)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"--metric {spec}: cannot import {mod_name}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise InputError(f"--metric {spec}: {attr} is not a function of {mod_name}")
+    return fn
+
+
 def _cmd_compile(argv: Sequence[str]) -> int:
     args = _compile_parser().parse_args(argv)
     err = Console(stderr=True)
@@ -303,6 +358,8 @@ def _cmd_compile(argv: Sequence[str]) -> int:
         calibration_samples=args.calibration_samples,
         eval_samples=args.eval_samples,
         seed=args.seed,
+        metric=_load_metric(args.metric) if args.metric else None,
+        search_budget_s=args.search_budget_s,
     )
     if args.json or args.quiet:
         result = compile(args.model, observer=Observer(), **kwargs)
@@ -554,6 +611,31 @@ def _cmd_passes(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _cmd_recipes(argv: Sequence[str]) -> int:
+    p = _ArgParser(
+        prog="lepton-compile recipes",
+        description="List the recipes (how each variant is built) and the groups that "
+        "--recipes accepts.",
+    )
+    p.parse_args(argv)
+    from rich.table import Table
+
+    from lepton_compile.recipes import ALIASES, DEFAULT_RECIPES, RECIPES
+
+    t = Table(title="recipes")
+    t.add_column("name")
+    t.add_column("group")
+    t.add_column("default")
+    t.add_column("what it builds")
+    for name, r in RECIPES.items():
+        t.add_row(name, r.group, "yes" if name in DEFAULT_RECIPES else "", r.description)
+    console = Console() if Console().is_terminal else Console(width=140)
+    console.print(t)
+    for alias, names in ALIASES.items():
+        console.print(f"[bold]{alias}[/]: {', '.join(names)}")
+    return EXIT_OK
+
+
 def _cmd_cache(argv: Sequence[str]) -> int:
     from lepton_compile.bench.cache import main as cache_main
     from lepton_compile.cached import prune_artifacts
@@ -637,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gate": _cmd_gate,
         "optimize": _cmd_optimize,
         "passes": _cmd_passes,
+        "recipes": _cmd_recipes,
     }
     try:
         if argv and argv[0] in commands:

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from lepton_compile import accuracy, inputs, intake, search
+from lepton_compile import accuracy, compress, inputs, intake, search
 from lepton_compile import recipes as recipe_lib
 from lepton_compile.bench.energy import get_meter
 from lepton_compile.bench.protocol import Measurement, Protocol, measure
@@ -225,6 +225,8 @@ def compile(
     cache: bool = True,
     cache_path: str | Path | None = None,
     observer: Observer | None = None,
+    metric: compress.Metric | None = None,
+    search_budget_s: float = compress.DEFAULT_SEARCH_BUDGET_S,
 ) -> CompileResult:
     """Build, verify and measure variants of ``model``; pick the best for ``objective``.
 
@@ -234,6 +236,13 @@ def compile(
     is reported as skipped. ``cache`` reuses earlier results of the same model, inputs,
     recipes, device and protocol (``lepton_compile.cached``). Raises ``InputError`` on bad
     input (exit code 2 in the CLI) before anything is written.
+
+    ``metric(outputs, labels) -> float`` (higher is better) judges variants on the user's own
+    measure instead of output fidelity: ``outputs`` and ``labels`` are lists with one dict per
+    eval sample (the labels come from the ``label``/``labels`` arrays of the ``--inputs`` .npz
+    files), and a variant passes when ``metric(original) - metric(variant) <= max_accuracy_drop``.
+    Accuracy-aware recipes (mixed precision, pruning) spend at most ``search_budget_s`` each
+    probing layer sensitivity.
     """
     obs = observer or Observer()
     if objective not in search.OBJECTIVES:
@@ -243,10 +252,29 @@ def compile(
     if window_s is not None and window_s <= 0:
         raise InputError("--window-s must be positive")
     t_start = time.perf_counter()
+    if search_budget_s <= 0:
+        raise InputError("--search-budget-s must be positive")
+    if metric is not None and not callable(metric):
+        raise InputError("metric must be a callable metric(outputs, labels) -> float")
     chosen = recipe_lib.resolve(recipes)
     obs.stage("loading model")
     loaded = intake.load_model(model, input_shapes)
     feeds = inputs.prepare(loaded, inputs_dir, calibration_samples, eval_samples, seed)
+    chosen, skipped_recipes = _check_calibration(chosen, feeds, explicit=recipes is not None)
+    if metric is not None and (
+        not feeds.labels or len(feeds.labels) != len(feeds.eval) or not all(feeds.labels)
+    ):
+        raise InputError(
+            "a metric needs labels: give --inputs DIR whose .npz files each hold a 'label' "
+            "(or 'labels', 'label_*') array beside the model inputs"
+        )
+    acc_ctx = compress.AccuracyContext(
+        max_drop=max_accuracy_drop,
+        score_outputs=tuple(sorted(loaded.score_outputs)),
+        metric=metric,
+        labels=list(feeds.calibration_labels),
+        budget_s=search_budget_s,
+    )
     targets = _targets(backends or default_backends(), device)
     meter_device = "cuda" if any(d == "cuda" for _, d in targets) else "cpu"
     try:
@@ -285,6 +313,10 @@ def compile(
             "inputs": inputs_fingerprint([*feeds.calibration, *feeds.eval]),
             "max_accuracy_drop": max_accuracy_drop,
             "meter": meter_obj.name,
+            "search_budget_s": search_budget_s,
+            "metric": None
+            if metric is None
+            else f"{getattr(metric, '__module__', '?')}.{getattr(metric, '__qualname__', '?')}",
         },
     )
     try:
@@ -296,9 +328,10 @@ def compile(
                 hit = hits[v.id]
                 assert hit is not None
                 vcache.restore(v, hit, with_measurement=True)
-                v.artifact = work / "variants" / f"{v.recipe.name}.onnx"
-                v.artifact.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(hit["artifact_path"], v.artifact)
+                if hit["artifact_path"] is not None:
+                    v.artifact = work / "variants" / f"{v.recipe.name}.onnx"
+                    v.artifact.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(hit["artifact_path"], v.artifact)
                 obs.advance(v.id)
             results: dict[str, Measurement] = {}
         else:
@@ -320,6 +353,8 @@ def compile(
                 budget_s,
                 t_start,
                 obs,
+                acc_ctx,
+                skipped_recipes,
             )
             for v in variants:
                 mres = results.get(v.id)
@@ -384,6 +419,24 @@ def compile(
         },
     )
     return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
+
+
+def _check_calibration(
+    chosen: list[recipe_lib.Recipe], feeds: inputs.InputSet, explicit: bool
+) -> tuple[list[recipe_lib.Recipe], dict[str, str]]:
+    """Recipes that calibrate need enough samples: an error if the user named them, else skip."""
+    n = len(feeds.calibration)
+    need = recipe_lib.MIN_CALIBRATION_SAMPLES
+    short = [r for r in chosen if r.needs_calibration and n < need]
+    if not short:
+        return chosen, {}
+    msg = (
+        f"{n} calibration sample(s); calibrated recipes need at least {need} "
+        "(add .npz files to --inputs or raise --calibration-samples)"
+    )
+    if explicit:
+        raise InputError(f"{', '.join(r.name for r in short)}: {msg}")
+    return chosen, {r.name: f"not built: {msg}" for r in short}
 
 
 def _add_roofline(
@@ -465,6 +518,8 @@ def _run_variants(
     budget_s: float | None,
     t_start: float,
     obs: Observer,
+    acc_ctx: compress.AccuracyContext,
+    skipped_recipes: Mapping[str, str],
 ) -> dict[str, Measurement]:
     """Reference, build (reusing cached artifacts), verify and measure, in worker processes."""
     baseline = variants[0]
@@ -493,12 +548,18 @@ def _run_variants(
                 f"({e.reason}); check --input-shape or pass real inputs with --inputs DIR"
             ) from None
 
+        metric_ref: float | None = None
+        if acc_ctx.metric is not None:
+            metric_ref = compress.metric_value(
+                acc_ctx.metric, reference, feeds.labels, "the original model's outputs"
+            )
+        worker_ctx = acc_ctx.picklable()
         static_path = work / "static.onnx"
         if any(r.name != "original" for r in chosen):
             save_model(loaded.model, static_path)
         obs.stage("building variants", total=len(chosen))
         uses_external = _uses_external_data(loaded.path)
-        artifacts: dict[str, tuple[Path | None, dict[str, Any], str]] = {}
+        artifacts: dict[str, tuple[Path | None, dict[str, Any], str, str]] = {}
         for r in chosen:
             t0 = time.perf_counter()
             art = work / "variants" / f"{r.name}.onnx"
@@ -507,9 +568,13 @@ def _run_variants(
                 cached = next(
                     (hits[v.id] for v in variants if v.recipe is r and hits.get(v.id)), None
                 )
+                if r.name in skipped_recipes:
+                    raise WorkerError(skipped_recipes[r.name], "skip")
                 if r.name == "original":
                     _copy_original(loaded.path, art, uses_external)
                     steps: list[dict] = []
+                elif cached is not None and cached["artifact_path"] is None:
+                    raise WorkerError(cached.get("reason", "skipped"), "skip")
                 elif cached is not None:
                     art.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(cached["artifact_path"], art)
@@ -519,22 +584,32 @@ def _run_variants(
                         f"not built: the --budget-s of {budget_s:g} s was spent", "budget"
                     )
                 else:
-                    steps = builder.call("build", r, str(static_path), feeds.calibration, str(art))
+                    steps = builder.call(
+                        "build",
+                        r,
+                        str(static_path),
+                        feeds.calibration,
+                        str(art),
+                        worker_ctx if r.accuracy_aware else None,
+                    )
                 info = {"seconds": round(time.perf_counter() - t0, 3), "steps": steps}
-                artifacts[r.name] = (art, info, "")
+                artifacts[r.name] = (art, info, "", "")
             except WorkerError as e:
-                info = {"seconds": round(time.perf_counter() - t0, 3)}
-                artifacts[r.name] = (
-                    None,
-                    info,
-                    e.reason if e.kind == "budget" else f"build: {e.reason}",
-                )
+                if e.kind == "input":  # the user's data or metric is at fault: stop here
+                    raise InputError(f"{r.name}: {e.reason}") from None
+                info: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3)}
+                if e.kind == "skip":  # the same model and inputs give the same answer
+                    info["skip"] = "deterministic"
+                skip = e.kind in ("budget", "skip", "unsupported")
+                reason = e.reason if e.kind in ("budget", "skip") else f"build: {e.reason}"
+                status = "skipped" if skip else "rejected" if e.kind == "constraint" else "failed"
+                artifacts[r.name] = (None, info, reason, status)
             obs.advance(r.name)
         for v in variants:
-            art, info, err = artifacts[v.recipe.name]
+            art, info, err, status = artifacts[v.recipe.name]
             v.build = info
             if art is None:
-                v.fail("skipped" if "budget" in err else "failed", err)
+                v.fail(status, err)
                 continue
             v.artifact = art
             data = art.with_name(art.name + ".data")
@@ -559,6 +634,16 @@ def _run_variants(
                 obs.advance(v.id)
                 continue
             v.fidelity = accuracy.compare(reference, outs, loaded.score_outputs, max_accuracy_drop)
+            if acc_ctx.metric is not None and metric_ref is not None:
+                try:
+                    value = compress.metric_value(
+                        acc_ctx.metric, outs, feeds.labels, f"the outputs of {v.id}"
+                    )
+                except InputError as e:
+                    v.fail("failed", str(e))
+                    obs.advance(v.id)
+                    continue
+                accuracy.apply_metric(v.fidelity, metric_ref, value, max_accuracy_drop)
             if v.fidelity.passed:
                 v.status = "ok"
             else:

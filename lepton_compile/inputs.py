@@ -30,7 +30,8 @@ class InputSet:
     calibration: list[Feed]
     eval: list[Feed]
     source: str
-    labels: list[dict[str, np.ndarray]] = field(default_factory=list)
+    labels: list[dict[str, np.ndarray]] = field(default_factory=list)  # of the eval feeds
+    calibration_labels: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -170,7 +171,7 @@ def prepare(
     feeds, labels = load_npz_dir(inputs_dir, loaded)
     if len(feeds) == 1:
         log.warning("one input file: it serves for calibration and evaluation both")
-        return InputSet(feeds, feeds, f"{inputs_dir} (1 file, used for both)", labels)
+        return InputSet(feeds, feeds, f"{inputs_dir} (1 file, used for both)", labels, labels)
     n_eval = max(1, min(eval_samples, len(feeds) // 2))
     return InputSet(
         calibration=feeds[:-n_eval],
@@ -178,4 +179,5 @@ def prepare(
         source=f"{inputs_dir} ({len(feeds)} files: {len(feeds) - n_eval} calibration, "
         f"{n_eval} eval)",
         labels=labels[-n_eval:],
+        calibration_labels=labels[:-n_eval],
     )

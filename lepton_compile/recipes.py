@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 
+from lepton_compile import compress
 from lepton_compile.errors import InputError
 
 
@@ -18,7 +18,10 @@ class Recipe:
     """How to build one candidate model from the original.
 
     ``pipeline`` names a pass pipeline of ``lepton_compile.passes``; ``precision_pass`` a
-    precision step run after it (``fp16`` or ``int8-static``) with ``options``; ``custom_step``
+    compression step run after it (a name in ``lepton_compile.steps.STEPS``: fp16, bf16,
+    int8-static, int8-dynamic, fp8, int4-weight, prune-magnitude, prune-2of4, prune-channels)
+    with ``options``; ``accuracy_aware`` makes that step search layer by layer for what it may
+    compress under the accuracy constraint (``lepton_compile.compress``). ``custom_step``
     (``"package.module:function"``, ModelProto in, ModelProto out) runs last, for steps of
     your own. Recipes are picklable data: they travel to the variant's worker process.
     """
@@ -33,6 +36,8 @@ class Recipe:
     custom_step: str | None = None
     target: str = "ort"  # the pass target: "lepton" adds ai.lepton fused ops
     backends: tuple[str, ...] | None = None  # only these backends run it (None: all)
+    accuracy_aware: bool = False
+    group: str = "graph"  # graph | quantize | prune: for --recipes quantize / prune
 
     def to_dict(self) -> dict:
         return {
@@ -42,9 +47,12 @@ class Recipe:
             "precision_pass": self.precision_pass,
             "options": dict(self.options),
             "target": self.target,
+            "accuracy_aware": self.accuracy_aware,
             **({"custom_step": self.custom_step} if self.custom_step else {}),
         }
 
+
+_FUSED = "fused"
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -53,44 +61,184 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "fused",
             "cleanup, constant folding, Conv+BN folding, MatMul+Add->Gemm (standard ONNX ops)",
-            pipeline="fused",
+            pipeline=_FUSED,
         ),
         Recipe(
             "fused-lepton",
             "fused graph plus Conv/Gemm/MatMul + bias + activation (+ residual) as ai.lepton "
             "fused ops, for the lepton backend",
-            pipeline="fused",
+            pipeline=_FUSED,
             target="lepton",
             backends=("lepton", "lepton+inductor"),
         ),
         Recipe(
             "fp16",
-            "fused graph in FP16, FP32 inputs and outputs",
+            "fused graph in FP16 (FP32 inputs and outputs); layers that break accuracy stay FP32",
             precision="fp16",
-            pipeline="fused",
+            pipeline=_FUSED,
             precision_pass="fp16",
+            accuracy_aware=True,
+            group="quantize",
+        ),
+        Recipe(
+            "bf16",
+            "fused graph in BF16 (FP32 inputs and outputs); layers that break accuracy stay FP32",
+            precision="bf16",
+            pipeline=_FUSED,
+            precision_pass="bf16",
+            accuracy_aware=True,
+            group="quantize",
+            backends=("lepton", "lepton+inductor"),  # onnxruntime's CPU provider lacks BF16
         ),
         Recipe(
             "int8-qdq",
-            "fused graph, static INT8 QDQ: per-channel weights, MinMax-calibrated activations",
+            "static INT8 QDQ of every layer: per-channel weights, MinMax activations",
             precision="int8",
-            pipeline="fused",
+            pipeline=_FUSED,
             precision_pass="int8-static",
             options={"per_channel": True, "calibrate_method": "minmax"},
             needs_calibration=True,
+            group="quantize",
+        ),
+        Recipe(
+            "int8-entropy",
+            "static INT8 QDQ of every layer: per-channel weights, entropy (KL) calibration",
+            precision="int8",
+            pipeline=_FUSED,
+            precision_pass="int8-static",
+            options={"per_channel": True, "calibrate_method": "entropy"},
+            needs_calibration=True,
+            group="quantize",
+        ),
+        Recipe(
+            "int8-percentile",
+            "static INT8 QDQ of every layer: per-channel weights, 99.999th-percentile calibration",
+            precision="int8",
+            pipeline=_FUSED,
+            precision_pass="int8-static",
+            options={"per_channel": True, "calibrate_method": "percentile"},
+            needs_calibration=True,
+            group="quantize",
+        ),
+        Recipe(
+            "int8-mixed",
+            "static INT8 QDQ (per-channel weights, MinMax); the most sensitive layers stay FP32 "
+            "until the accuracy constraint holds",
+            precision="int8",
+            pipeline=_FUSED,
+            precision_pass="int8-static",
+            options={"per_channel": True, "calibrate_method": "minmax"},
+            needs_calibration=True,
+            accuracy_aware=True,
+            group="quantize",
+        ),
+        Recipe(
+            "int8-gpu",
+            "static INT8 QDQ for GPU/TensorRT: symmetric activations and per-channel weights; "
+            "sensitive layers stay FP32",
+            precision="int8",
+            pipeline=_FUSED,
+            precision_pass="int8-static",
+            options={
+                "per_channel": True,
+                "calibrate_method": "minmax",
+                "activation_symmetric": True,
+            },
+            needs_calibration=True,
+            accuracy_aware=True,
+            group="quantize",
+        ),
+        Recipe(
+            "int8-dynamic",
+            "cleaned-up graph, dynamic INT8 for MatMuls with constant weights (transformers); "
+            "sensitive layers stay FP32",
+            precision="int8",
+            pipeline="basic",  # keeps MatMuls (the fused pipeline turns some into Gemm)
+            precision_pass="int8-dynamic",
+            accuracy_aware=True,
+            group="quantize",
+        ),
+        Recipe(
+            "fp8",
+            "FP8 E4M3 QDQ (opset 19) for Hopper-class GPUs, calibrated; sensitive layers stay FP32",
+            precision="fp8",
+            pipeline=_FUSED,
+            precision_pass="fp8",
+            needs_calibration=True,
+            accuracy_aware=True,
+            group="quantize",
+        ),
+        Recipe(
+            "int4-weight",
+            "cleaned-up graph, INT4 weight-only, block-wise (32), for MatMul weights; sensitive "
+            "layers stay FP32",
+            precision="int4w",
+            pipeline="basic",  # keeps MatMuls (the fused pipeline turns some into Gemm)
+            precision_pass="int4-weight",
+            options={"block_size": 32},
+            accuracy_aware=True,
+            group="quantize",
+        ),
+        Recipe(
+            "prune-50",
+            "unstructured magnitude pruning, 50% of each layer's weights; layers whose pruning "
+            "breaks accuracy stay dense",
+            pipeline=_FUSED,
+            precision_pass="prune-magnitude",
+            options={"sparsity": 0.5},
+            accuracy_aware=True,
+            group="prune",
+        ),
+        Recipe(
+            "prune-2of4",
+            "2:4 semi-structured sparsity (the sparse tensor core layout); sensitive layers stay "
+            "dense",
+            pipeline=_FUSED,
+            precision_pass="prune-2of4",
+            accuracy_aware=True,
+            group="prune",
+        ),
+        Recipe(
+            "prune-channels",
+            "structured channel pruning: 25% of each channel group's channels removed (weights "
+            "shrink); sensitive groups stay whole",
+            pipeline=_FUSED,
+            precision_pass="prune-channels",
+            options={"ratio": 0.25},
+            accuracy_aware=True,
+            group="prune",
         ),
     ]
 }
 
-DEFAULT_RECIPES = ("original", "fused", "fused-lepton", "fp16", "int8-qdq")
+DEFAULT_RECIPES = (
+    "original",
+    "fused",
+    "fused-lepton",
+    "fp16",
+    "int8-mixed",
+    "int8-dynamic",
+    "int4-weight",
+)
+# Names that stand for several recipes in --recipes.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT_RECIPES,
+    "all": tuple(RECIPES),
+    "quantize": tuple(n for n, r in RECIPES.items() if r.group == "quantize"),
+    "prune": tuple(n for n, r in RECIPES.items() if r.group == "prune"),
+}
+MIN_CALIBRATION_SAMPLES = 2
 
 
 def resolve(names: Sequence[str | Recipe] | None) -> list[Recipe]:
     """Recipes by name (or given as Recipe objects); ``original`` always comes first."""
-    items = list(names or DEFAULT_RECIPES)
+    items: list[str | Recipe] = []
+    for n in names or DEFAULT_RECIPES:
+        items.extend(ALIASES[n] if isinstance(n, str) and n in ALIASES else [n])
     unknown = [n for n in items if isinstance(n, str) and n not in RECIPES]
     if unknown:
-        raise InputError(f"unknown recipe(s) {', '.join(unknown)} (known: {', '.join(RECIPES)})")
+        known = ", ".join([*RECIPES, *ALIASES])
+        raise InputError(f"unknown recipe(s) {', '.join(map(str, unknown))} (known: {known})")
     out: dict[str, Recipe] = {"original": RECIPES["original"]}
     for n in items:
         r = RECIPES[n] if isinstance(n, str) else n
@@ -104,10 +252,14 @@ def build(
     recipe: Recipe,
     model: onnx.ModelProto,
     calibration: Sequence[Mapping[str, np.ndarray]] = (),
+    accuracy: compress.AccuracyContext | None = None,
 ) -> tuple[onnx.ModelProto, list[dict]]:
-    """Apply a recipe to a (static-shaped) model; returns the new model and per-step records."""
-    from lepton_compile import passes
-    from lepton_compile.passes.quantize import Float16Pass, QuantizeStaticInt8Pass
+    """Apply a recipe to a (static-shaped) model; returns the new model and per-step records.
+
+    ``accuracy`` (with the calibration feeds) lets an accuracy-aware recipe's compression step
+    search layer by layer; without it the step compresses every layer it can.
+    """
+    from lepton_compile import passes, steps
 
     records: list[dict] = []
     current = model
@@ -116,16 +268,12 @@ def build(
         current = res.model
         records.extend(_record(r) for r in res.records)
     if recipe.precision_pass:
-        p: ir.passes.PassBase
-        if recipe.precision_pass == "fp16":
-            p = Float16Pass()
-        elif recipe.precision_pass == "int8-static":
-            p = QuantizeStaticInt8Pass(calibration, **dict(recipe.options))
-        else:
-            raise ValueError(f"unknown precision pass {recipe.precision_pass!r}")
-        result = p(ir.serde.deserialize_model(current))
-        current = ir.serde.serialize_model(result.model)
-        records.append({"name": recipe.precision_pass, "modified": result.modified})
+        ctx = accuracy if recipe.accuracy_aware else None
+        res = steps.apply(
+            recipe.precision_pass, current, model, calibration, dict(recipe.options), ctx
+        )
+        current = res.model
+        records.append({**res.record, "name": recipe.precision_pass})
     if recipe.custom_step:
         fn = _import_step(recipe.custom_step)
         out = fn(current)

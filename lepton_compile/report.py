@@ -219,6 +219,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"- `{v['id']}` ({v['status']}): {v['reason']}" for v in failed]
     if report.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+    lines += compression_markdown(report)
     proto = report["measurement"]["protocol"]
     lines += [
         "",
@@ -228,6 +229,53 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def compression_records(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Recipe name -> its accuracy-search record (one per recipe, whatever the backend)."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in report["variants"]:
+        for step in (v.get("build") or {}).get("steps") or []:
+            if step.get("layers") is not None and "kind" in step:
+                out.setdefault(v["recipe"]["name"], step)
+    return out
+
+
+def compression_markdown(report: dict[str, Any], top: int = 12) -> list[str]:
+    """Layer by layer: what each accuracy-aware recipe compressed, kept, and why."""
+    lines: list[str] = []
+    for recipe, rec in compression_records(report).items():
+        kept = rec.get("layers_kept") or []
+        lines += [
+            "",
+            f"### {recipe}: {rec['layers_compressed']} of {rec['layers_total']} layers "
+            f"compressed ({rec['criterion']})",
+            "",
+            f"Drop with every layer compressed {rec['drop_all_compressed']:.4f}; final "
+            f"{rec['drop_final']:.4f} (target {rec['target_drop']:.4f}); "
+            f"{rec['evaluations']} evaluations in {rec['seconds']:.1f} s."
+            + (f" {rec['note']}." if rec.get("note") else ""),
+        ]
+        layers = [x for x in rec["layers"] if "sensitivity" in x]
+        if not layers:
+            continue
+        layers.sort(key=lambda x: -abs(x["sensitivity"]))
+        lines += [
+            "",
+            "| layer | op | sensitivity | compressed |",
+            "|---|---|---|---|",
+        ]
+        for x in layers[:top]:
+            lines.append(
+                f"| `{x['name']}` | {x['op_type']} | {x['sensitivity']:.4f} | "
+                f"{'yes' if x['compressed'] else '**no**'} |"
+            )
+        rest = len(layers) - top
+        if rest > 0:
+            lines.append(f"| … {rest} more in report.json | | | |")
+        if kept and len(kept) > top:
+            lines.append(f"\nKept uncompressed: {', '.join(kept)}")
+    return lines
 
 
 def to_html(report: dict[str, Any]) -> str:

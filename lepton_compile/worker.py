@@ -37,7 +37,7 @@ class WorkerError(Exception):
     def __init__(self, reason: str, kind: str = "error"):
         super().__init__(reason)
         self.reason = reason
-        self.kind = kind  # error | crash | timeout | oom | unsupported
+        self.kind = kind  # error | crash | timeout | oom | unsupported | skip | constraint | input
 
 
 def default_memory_limit() -> int | None:
@@ -62,6 +62,7 @@ class _Handler:
         model_path: str,
         calibration: Sequence[Mapping[str, np.ndarray]],
         out_path: str,
+        accuracy: Any = None,
     ) -> list[dict]:
         import onnx
 
@@ -69,7 +70,7 @@ class _Handler:
         from lepton_compile.engine import save_model
 
         model = onnx.load(model_path, load_external_data=True)
-        built, steps = recipes.build(recipe, model, calibration)
+        built, steps = recipes.build(recipe, model, calibration, accuracy=accuracy)
         intake.check(built, Path(f"{recipe.name} variant"))
         save_model(built, Path(out_path))
         return steps
@@ -133,12 +134,26 @@ def _serve(conn: Connection, memory_limit: int | None) -> None:
         except MemoryError:
             conn.send(("err", "oom", "out of memory"))
         except BaseException as e:  # report everything; the parent decides
-            from lepton_compile.errors import NotSupported
-
-            kind = "unsupported" if isinstance(e, NotSupported) else "error"
+            kind = _kind(e)
             text = _one_line(e)
             log.debug("worker %s failed:\n%s", method, traceback.format_exc())
             conn.send(("err", kind, text))
+
+
+def _kind(e: BaseException) -> str:
+    """The WorkerError kind of an exception raised by the work itself."""
+    from lepton_compile.compress import CompressionFailed, NotApplicable
+    from lepton_compile.errors import InputError, NotSupported
+
+    if isinstance(e, NotApplicable):
+        return "skip"
+    if isinstance(e, NotSupported):
+        return "unsupported"
+    if isinstance(e, CompressionFailed):
+        return "constraint"
+    if isinstance(e, InputError):
+        return "input"
+    return "error"
 
 
 def _one_line(e: BaseException) -> str:
@@ -194,10 +209,7 @@ class VariantWorker:
             except MemoryError:
                 raise WorkerError("out of memory", "oom") from None
             except Exception as e:
-                from lepton_compile.errors import NotSupported
-
-                kind = "unsupported" if isinstance(e, NotSupported) else "error"
-                raise WorkerError(_one_line(e), kind) from e
+                raise WorkerError(_one_line(e), _kind(e)) from e
         if self._proc is None:
             self._start()
         assert self._conn is not None

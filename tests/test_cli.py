@@ -68,10 +68,10 @@ def test_tinycnn_end_to_end(tmp_path: Path, tinycnn_path: Path):
     rep = check_report(out)
     ids = [v["id"] for v in rep["variants"]]
     assert ids[0] == "original-ort-cpu" and rep["baseline"] == "original-ort-cpu"
-    assert {"fused-ort-cpu", "fp16-ort-cpu", "int8-qdq-ort-cpu"} <= set(ids)
+    assert {"fused-ort-cpu", "fp16-ort-cpu", "int8-mixed-ort-cpu"} <= set(ids)
     by_id = {v["id"]: v for v in rep["variants"]}
     assert by_id["fused-ort-cpu"]["status"] == "ok"
-    assert by_id["int8-qdq-ort-cpu"]["size_bytes"] < by_id["original-ort-cpu"]["size_bytes"]
+    assert by_id["int8-mixed-ort-cpu"]["size_bytes"] < by_id["original-ort-cpu"]["size_bytes"]
     assert any("batch" in n for n in rep["notes"])
     assert any("estimated" in n for n in rep["notes"])
     assert tinycnn_path.read_bytes() == before
@@ -112,10 +112,14 @@ def test_max_latency_nothing_meets_constraints(tmp_path: Path, mlp_path: Path):
 def test_rejected_variant_is_never_picked(tmp_path: Path, mlp_path: Path):
     # A zero tolerance rejects every lossy variant; the lossless ones may still win.
     out = tmp_path / "o"
-    assert run_cli(str(mlp_path), "-o", str(out), "--max-accuracy-drop", "0") == 0
+    args = ("--max-accuracy-drop", "0", "--recipes", "fused,int8-qdq,int8-mixed")
+    assert run_cli(str(mlp_path), "-o", str(out), *args) == 0
     rep = json.loads((out / "report.json").read_text())
     by_id = {v["id"]: v for v in rep["variants"]}
     assert by_id["int8-qdq-ort-cpu"]["status"] == "rejected"
+    # The search cannot keep any layer in INT8 at zero tolerance: nothing compressed, rejected.
+    assert by_id["int8-mixed-ort-cpu"]["status"] == "rejected"
+    assert "every layer" in by_id["int8-mixed-ort-cpu"]["reason"]
     assert "drop" in by_id["int8-qdq-ort-cpu"]["reason"]
     assert by_id[rep["best"]["id"]]["status"] == "ok"
 

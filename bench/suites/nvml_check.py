@@ -35,15 +35,15 @@ class Sampler(threading.Thread):
         self.read_w = read_w
         self.interval_s = interval_s
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.samples.append((time.perf_counter(), self.read_w()))
             time.sleep(self.interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def joules(self, t0: float, t1: float) -> float:

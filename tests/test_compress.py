@@ -1,0 +1,284 @@
+"""Accuracy-aware compression: the layer search, QDQ revert, recipes, metric hook, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import lepton_compile
+from lepton_compile import compress, recipes
+from lepton_compile.errors import InputError
+
+
+class FakeEvaluator:
+    """drop(model) = sum of the per-layer damage of the layers still compressed."""
+
+    def __init__(self, damage: dict[str, float]):
+        self.damage = damage
+        self.evaluations = 0
+
+    def drop(self, model: object) -> float:
+        self.evaluations += 1
+        compressed = model  # the fake "model" is the set of compressed layers
+        return sum(self.damage[n] for n in compressed)  # type: ignore[attr-defined]
+
+
+def _keep_maker(names: Sequence[str]):
+    return lambda kept: frozenset(n for n in names if n not in set(kept))
+
+
+def test_search_keep_keeps_the_fewest_most_sensitive_layers():
+    damage = {"a": 0.001, "b": 0.05, "c": 0.002, "d": 0.03, "e": 0.0}
+    ev = FakeEvaluator(damage)
+    ctx = compress.AccuracyContext(max_drop=0.01, margin=1.0)
+    layers = [(n, "Conv") for n in damage]
+    res = compress.search_keep("int8", layers, _keep_maker(list(damage)), ev, ctx)  # type: ignore[arg-type]
+    rec = res.record
+    assert set(rec["layers_kept"]) == {"b", "d"}  # the two that carry the damage
+    assert res.model == frozenset({"a", "c", "e"})
+    assert rec["drop_final"] <= 0.01 < rec["drop_all_compressed"]
+    by_name = {x["name"]: x for x in rec["layers"]}
+    assert by_name["b"]["sensitivity"] == pytest.approx(0.05)
+    assert by_name["e"]["sensitivity"] == pytest.approx(0.0)
+    assert by_name["b"]["compressed"] is False and by_name["a"]["compressed"] is True
+
+
+def test_search_keep_returns_everything_compressed_when_it_already_passes():
+    ev = FakeEvaluator({"a": 0.001, "b": 0.001})
+    ctx = compress.AccuracyContext(max_drop=0.01)
+    res = compress.search_keep("q", [("a", "MatMul"), ("b", "MatMul")], _keep_maker("ab"), ev, ctx)  # type: ignore[arg-type]
+    assert res.record["layers_kept"] == [] and ev.evaluations == 1
+
+
+def test_search_keep_fails_when_nothing_meets_the_target():
+    ev = FakeEvaluator({"a": 0.5})
+
+    def make(kept):
+        return frozenset({"a"})  # keeping does not help: something else is broken
+
+    with pytest.raises(compress.CompressionFailed, match="even with every layer"):
+        compress.search_keep("q", [("a", "Conv")], make, ev, compress.AccuracyContext())  # type: ignore[arg-type]
+    with pytest.raises(compress.NotApplicable):
+        compress.search_keep("q", [], make, ev, compress.AccuracyContext())  # type: ignore[arg-type]
+
+
+def test_search_keep_budget_ranks_unprobed_layers_last():
+    damage = {f"l{i}": 0.004 for i in range(6)}
+    ev = FakeEvaluator(damage)
+    ctx = compress.AccuracyContext(max_drop=0.01, margin=1.0, budget_s=0.0)
+    res = compress.search_keep(
+        "q", [(n, "Conv") for n in damage], _keep_maker(list(damage)), ev, ctx
+    )  # type: ignore[arg-type]
+    assert "not probed" in res.record["note"]
+    assert res.record["drop_final"] <= 0.01
+    assert len(res.record["layers_kept"]) == 4  # 6*0.004 -> keep 4 to get 0.008
+
+
+def test_search_prune_prunes_the_least_sensitive_units():
+    damage = {"g1": 0.0, "g2": 0.004, "g3": 0.02, "g4": 0.005}
+    ev = FakeEvaluator(damage)
+    ctx = compress.AccuracyContext(max_drop=0.01, margin=1.0)
+    res = compress.search_prune(
+        "prune",
+        [(g, "channel group") for g in damage],
+        lambda pruned: frozenset(pruned),
+        ev,  # type: ignore[arg-type]
+        ctx,
+    )
+    assert res.model == frozenset({"g1", "g2", "g4"})
+    assert set(res.record["layers_kept"]) == {"g3"}
+    with pytest.raises(compress.CompressionFailed):
+        compress.search_prune(
+            "prune",
+            [("g3", "x")],
+            lambda pruned: frozenset(pruned),
+            FakeEvaluator({"g3": 0.5}),  # type: ignore[arg-type]
+            ctx,
+        )
+
+
+def test_revert_qdq_restores_fp32_layers(mlp_path: Path):
+    import onnx_ir as ir
+
+    from lepton_compile import intake
+    from lepton_compile.passes.quantize import QuantizeStaticInt8Pass, ensure_node_names
+
+    loaded = intake.load_model(mlp_path, {"x": [2, 32]})
+    named = ensure_node_names(loaded.model)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((2, 32)).astype(np.float32)} for _ in range(4)]
+    q = ir.serde.serialize_model(
+        QuantizeStaticInt8Pass(feeds)(ir.serde.deserialize_model(named)).model
+    )
+    matmuls = [n.name for n in named.graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 2
+    reverted = compress.revert_qdq(q, named, matmuls)
+    assert reverted is not None
+    onnx.checker.check_model(reverted, full_check=True)
+    nodes = {n.name: n for n in reverted.graph.node}
+    orig = {n.name: n for n in named.graph.node}
+    # Weights are FP32 again; the first MatMul reads the graph input directly. The second
+    # keeps reading the dequantized activation: the quantizer folded the Relu before it into
+    # the quantized range, so the FP32 tensor of that name is the pre-Relu value.
+    assert nodes[matmuls[0]].input[:] == orig[matmuls[0]].input[:]
+    assert nodes[matmuls[1]].input[1] == orig[matmuls[1]].input[1]
+    assert nodes[matmuls[1]].input[0].endswith("DequantizeLinear_Output")
+    # The reverted graph computes the FP32 MatMuls; fewer DequantizeLinear nodes remain.
+    n_dq = sum(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    assert sum(n.op_type == "DequantizeLinear" for n in reverted.graph.node) < n_dq
+    ref = compress.run_ort(named, feeds)
+    full = compress.run_ort(q, feeds)
+    back = compress.run_ort(reverted, feeds)
+    err_full = max(np.abs(r["y"] - o["y"]).max() for r, o in zip(ref, full, strict=True))
+    err_back = max(np.abs(r["y"] - o["y"]).max() for r, o in zip(ref, back, strict=True))
+    assert err_back <= err_full
+    assert compress.revert_qdq(q, named, ["no-such-node"]) is None
+
+
+def test_recipe_aliases_and_unknown_names():
+    names = [r.name for r in recipes.resolve(["quantize"])]
+    assert names[0] == "original" and "int8-mixed" in names and "prune-50" not in names
+    assert {"prune-50", "prune-2of4", "prune-channels"} <= {
+        r.name for r in recipes.resolve(["prune"])
+    }
+    assert len(recipes.resolve(["all"])) == len(recipes.RECIPES)
+    with pytest.raises(InputError, match="unknown recipe"):
+        recipes.resolve(["int9"])
+
+
+def _npz_dir(tmp: Path, n: int, labels: bool = True, shape=(1, 32), name: str = "data") -> Path:
+    d = tmp / name
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        arrays = {"x": rng.standard_normal(shape).astype(np.float32)}
+        if labels:
+            arrays["label"] = np.array([i % 8], dtype=np.int64)
+        np.savez(d / f"{i:03d}.npz", **arrays)
+    return d
+
+
+def top1_accuracy(outputs, labels):
+    return float(
+        np.mean([int(o["y"].argmax(-1)[0] == lab["label"][0]) for o, lab in zip(outputs, labels)])
+    )
+
+
+def test_metric_hook_judges_variants(tmp_path: Path, mlp_path: Path):
+    d = _npz_dir(tmp_path, 8)
+    res = lepton_compile.compile(
+        mlp_path,
+        inputs_dir=d,
+        recipes=["int8-mixed"],
+        quick=True,
+        isolate=False,
+        metric=top1_accuracy,
+        max_accuracy_drop=0.0,
+        eval_samples=4,
+    )
+    v = next(v for v in res.variants if v.recipe.name == "int8-mixed")
+    acc = res.report["variants"][1]["accuracy"]
+    assert acc["metric"].startswith("user metric")
+    um = acc["user_metric"]
+    assert 0.0 <= um["original"] <= 1.0 and 0.0 <= um["variant"] <= 1.0
+    assert v.status in ("ok", "rejected")
+    assert (v.status == "ok") == (um["original"] - um["variant"] <= 0.0)
+
+
+def test_metric_errors_are_input_errors(tmp_path: Path, mlp_path: Path):
+    d = _npz_dir(tmp_path, 6)
+
+    def broken(outputs, labels):
+        raise KeyError("logits")
+
+    with pytest.raises(InputError, match="metric raised.*KeyError"):
+        lepton_compile.compile(
+            mlp_path, inputs_dir=d, recipes=["fused"], quick=True, isolate=False, metric=broken
+        )
+    with pytest.raises(InputError, match="expected a number"):
+        lepton_compile.compile(
+            mlp_path,
+            inputs_dir=d,
+            recipes=["fused"],
+            quick=True,
+            isolate=False,
+            metric=lambda o, lab: "high",
+        )
+    nolabels = _npz_dir(tmp_path, 6, labels=False, name="nolabels")
+    with pytest.raises(InputError, match="needs labels"):
+        lepton_compile.compile(
+            mlp_path,
+            inputs_dir=nolabels,
+            recipes=["fused"],
+            quick=True,
+            isolate=False,
+            metric=top1_accuracy,
+        )
+
+
+def test_too_few_calibration_samples(tmp_path: Path, mlp_path: Path):
+    d = _npz_dir(tmp_path, 1)
+    with pytest.raises(InputError, match="calibration sample"):
+        lepton_compile.compile(
+            mlp_path, inputs_dir=d, recipes=["int8-mixed"], quick=True, isolate=False
+        )
+    res = lepton_compile.compile(mlp_path, inputs_dir=d, recipes=None, quick=True, isolate=False)
+    v = next(v for v in res.variants if v.recipe.name == "int8-mixed")
+    assert v.status == "skipped" and "calibration" in v.reason
+
+
+def test_calibration_data_that_does_not_match(tmp_path: Path, mlp_path: Path):
+    d = _npz_dir(tmp_path, 4, shape=(1, 31))
+    with pytest.raises(InputError, match="shape"):
+        lepton_compile.compile(mlp_path, inputs_dir=d, recipes=["int8-mixed"], quick=True)
+
+
+def test_not_applicable_recipe_is_skipped_with_a_reason(tmp_path: Path):
+    from conftest import text_model
+
+    rng = np.random.default_rng(0)
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        convnet (float[1, 3, 8, 8] x) => (float[1, 4, 1, 1] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w)
+            r = Relu (c)
+            y = GlobalAveragePool (r)
+        }
+        """,
+        {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)},
+    )
+    path = tmp_path / "convnet.onnx"
+    onnx.save(m, path)
+    res = lepton_compile.compile(
+        path, recipes=["int4-weight", "int8-dynamic"], quick=True, isolate=False
+    )
+    for name in ("int4-weight", "int8-dynamic"):
+        v = next(v for v in res.variants if v.recipe.name == name)
+        assert v.status == "skipped" and "nothing in this model" in v.reason
+
+
+def test_mixed_precision_is_reported_layer_by_layer(tmp_path: Path, tinycnn_path: Path):
+    res = lepton_compile.compile(
+        tinycnn_path,
+        recipes=["int8-mixed"],
+        quick=True,
+        isolate=False,
+        max_accuracy_drop=1e-5,  # strict: the search must keep some layers in FP32
+    )
+    v = next(v for v in res.variants if v.recipe.name == "int8-mixed")
+    step = next(s for s in v.build["steps"] if s.get("name") == "int8-static")
+    assert step["layers_total"] >= 2 and step["layers"]
+    assert step["layers_total"] == step["layers_compressed"] + len(step["layers_kept"])
+    assert step["layers_kept"], "a 1e-5 target cannot hold with every layer in INT8"
+    assert step["drop_final"] <= step["target_drop"] < step["drop_all_compressed"]
+    out = res.save(tmp_path / "o")
+    md = (out / "report.md").read_text()
+    assert "### int8-mixed" in md and "| layer | op | sensitivity | compressed |" in md
+    rep = json.loads((out / "report.json").read_text())
+    assert any(s.get("layers") for vv in rep["variants"] for s in (vv["build"].get("steps") or []))
