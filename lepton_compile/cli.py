@@ -216,7 +216,14 @@ def _compile_parser() -> argparse.ArgumentParser:
         help="build and measure variants in this process instead of one worker process each "
         "(faster start; a crashing variant then ends the run)",
     )
-    p.add_argument("--calibration-samples", type=int, default=16, metavar="N")
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=32,
+        metavar="N",
+        help="generated calibration samples when --inputs is not given (default: 32); "
+        "calibrated recipes fit ranges on half and judge layer sensitivity on the other half",
+    )
     p.add_argument("--eval-samples", type=int, default=16, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -215,7 +215,7 @@ def compile(
     protocol: Protocol | None = None,
     quick: bool = False,
     window_s: float | None = None,
-    calibration_samples: int = 16,
+    calibration_samples: int = 32,
     eval_samples: int = 16,
     seed: int = 0,
     isolate: bool = True,

@@ -181,7 +181,9 @@ STEPS: dict[str, Step] = {
         Step("bf16", "quantize", False, _plain("BFloat16Pass"), evaluator_backend="lepton"),
         Step("int8-static", "quantize", True, _static()),
         Step("int8-dynamic", "quantize", False, _plain("QuantizeDynamicInt8Pass")),
-        Step("fp8", "quantize", True, _static("QuantizeFP8Pass")),
+        # FP8 QDQ sits before a Relu/Clip where onnxruntime would drop or reject the pattern,
+        # so reverting a layer is a rebuild with nodes_to_exclude, not a graph edit.
+        Step("fp8", "quantize", True, _static("QuantizeFP8Pass", qdq=False)),
         Step("int4-weight", "quantize", False, _plain("QuantizeInt4WeightOnlyPass")),
         Step(
             "prune-magnitude",
@@ -213,6 +215,14 @@ def apply(
         raise ValueError(f"unknown compression step {step!r} (known: {', '.join(STEPS)})")
     spec = STEPS[step]
     ev = None
+    calibrate, search = list(calibration), list(calibration)
+    labels = list(accuracy.labels) if accuracy is not None else []
+    if accuracy is not None and spec.needs_calibration and len(calibration) >= 4:
+        # Judge candidates on samples the calibration did not see: ranges fitted to a sample
+        # flatter the quantized model on that very sample.
+        k = max(2, len(calibration) // 2)
+        calibrate, search = calibrate[:-k], search[-k:]
+        labels = labels[-k:] if len(labels) == len(calibration) else []
     if accuracy is not None:
-        ev = compress.Evaluator(original, calibration, accuracy, spec.evaluator_backend)
-    return spec.run(model, calibration, options, ev, accuracy, step)
+        ev = compress.Evaluator(original, search, accuracy, spec.evaluator_backend, labels)
+    return spec.run(model, calibrate, options, ev, accuracy, step)

@@ -18,6 +18,9 @@ from lepton_compile.errors import InputError
 class FakeEvaluator:
     """drop(model) = sum of the per-layer damage of the layers still compressed."""
 
+    metric_ref = None
+    feeds = [{}, {}]
+
     def __init__(self, damage: dict[str, float]):
         self.damage = damage
         self.evaluations = 0
@@ -165,7 +168,7 @@ def _npz_dir(tmp: Path, n: int, labels: bool = True, shape=(1, 32), name: str = 
 
 def top1_accuracy(outputs, labels):
     return float(
-        np.mean([int(o["y"].argmax(-1)[0] == lab["label"][0]) for o, lab in zip(outputs, labels)])
+        np.mean([int(o["y"].argmax(-1)[0] == lab["label"][0]) for o, lab in zip(outputs, labels, strict=True)])
     )
 
 
