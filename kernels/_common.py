@@ -10,6 +10,7 @@ workspace and `splitk_epilogue_kernel` reduces them and runs the same epilogue.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -280,29 +281,58 @@ def interpreting() -> bool:
 Arch = int | str  # 90, 80, 89, ... (compute capability major*10+minor) or "interpreter"
 
 
-def device_arch(device: torch.device) -> Arch:
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host-side ints (triton.cdiv is a constexpr function: slow on the host)."""
+    return -(-a // b)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceFacts:
+    """What the launchers need to know of a device, read once per device."""
+
+    arch: Arch
+    smem: int  # opt-in shared memory per block in bytes (0 in the interpreter)
+    sms: int
+
+
+# The interpreter pretends to be a small machine, so that tests reach the split-K path.
+_INTERPRETER_FACTS = DeviceFacts("interpreter", 0, 4)
+_DEVICE_FACTS: dict[int, DeviceFacts] = {}
+
+
+def device_facts(device: torch.device) -> DeviceFacts:
+    """Architecture, shared memory and SM count of a CUDA device, memoized per device index."""
     if interpreting():
-        return "interpreter"
-    major, minor = torch.cuda.get_device_capability(device)
-    return major * 10 + minor
+        return _INTERPRETER_FACTS
+    index = device.index
+    if index is None:
+        index = torch.cuda.current_device()
+    facts = _DEVICE_FACTS.get(index)
+    if facts is None:
+        facts = _DEVICE_FACTS[index] = _read_device_facts(index)
+    return facts
 
 
-_SMEM_CACHE: dict[int, int] = {}
+def _read_device_facts(index: int) -> DeviceFacts:
+    major, minor = torch.cuda.get_device_capability(index)
+    props = triton.runtime.driver.active.utils.get_device_properties(index)
+    sms = torch.cuda.get_device_properties(index).multi_processor_count
+    return DeviceFacts(major * 10 + minor, int(props["max_shared_mem"]), int(sms))
+
+
+def device_arch(device: torch.device) -> Arch:
+    return device_facts(device).arch
 
 
 def max_shared_memory(device: torch.device) -> int:
     """Opt-in shared memory per block of `device` in bytes (what a config may use)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SMEM_CACHE:
-        props = triton.runtime.driver.active.utils.get_device_properties(index)
-        _SMEM_CACHE[index] = int(props["max_shared_mem"])
-    return _SMEM_CACHE[index]
+    return device_facts(device).smem
 
 
 def num_sms(device: torch.device) -> int:
     if interpreting() or device.type != "cuda":
-        return 4  # a small pretend machine, so that tests reach the split-K path
-    return torch.cuda.get_device_properties(device).multi_processor_count
+        return _INTERPRETER_FACTS.sms
+    return device_facts(device).sms
 
 
 def check_device(name_tensors: dict[str, torch.Tensor | None]) -> torch.device:
@@ -322,7 +352,7 @@ def check_device(name_tensors: dict[str, torch.Tensor | None]) -> torch.device:
         if t.numel() > INT32_MAX:
             raise ValueError(f"{name} has {t.numel()} elements: the kernels index with int32")
     assert device is not None
-    if not interpreting() and device.type != "cuda":
+    if device.type != "cuda" and not interpreting():
         raise ValueError(
             f"inputs are on {device}: the kernels need a CUDA device "
             "(or TRITON_INTERPRET=1, set before importing lepton_compile.kernels)"
@@ -431,13 +461,82 @@ def _quick_bench(kernel_call: Callable[[], Any], quantiles: Sequence[float]) -> 
     return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
+# Host-side caches. Everything a launch needs that does not depend on the tensors' values
+# is computed once: config lists, device facts, and, per tuning key, the autotuner's pick.
+_CONFIGS: dict[tuple, tuple[triton.Config, ...]] = {}
 _TUNERS: dict[tuple, Any] = {}
+_BEST: dict[tuple, tuple[triton.Config, dict[str, Any]]] = {}
+_TENSOR_ARGS: dict[tuple, tuple[str, ...]] = {}
 _LAST_CONFIG: dict[str, triton.Config | None] = {}
+
+
+def memo_configs(
+    key: tuple, build: Callable[[], Sequence[triton.Config]]
+) -> tuple[triton.Config, ...]:
+    """`build()` as a tuple, computed once per key (family, arch, bucket, elem sizes, smem)."""
+    configs = _CONFIGS.get(key)
+    if configs is None:
+        configs = _CONFIGS[key] = tuple(build())
+    return configs
+
+
+def reset_caches() -> None:
+    """Forget memoized configs, device facts, epilogues, autotuners and their picks."""
+    caches = (_CONFIGS, _TUNERS, _BEST, _TENSOR_ARGS, _LAST_CONFIG, _DEVICE_FACTS, _EPILOGUES)
+    for cache in caches:
+        cache.clear()
 
 
 def last_config(family: str) -> triton.Config | None:
     """The config the last launch of a kernel family ("gemm", "w8a8", "conv2d", ...) ran with."""
     return _LAST_CONFIG.get(family)
+
+
+def launch_kwargs(cfg: triton.Config) -> dict[str, Any]:
+    """What the autotuner adds to a launch for `cfg`: meta-parameters, num_warps, num_stages, ...
+
+    `Config.all_kwargs()` where it exists (it adds num_ctas, and maxnreg when set).
+    """
+    all_kwargs = getattr(cfg, "all_kwargs", None)
+    if all_kwargs is not None:
+        return all_kwargs()
+    kw = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    for name in ("num_ctas", "maxnreg"):
+        value = getattr(cfg, name, None)
+        if value is not None:
+            kw[name] = value
+    return kw
+
+
+def _can_autotune() -> bool:
+    # The interpreter has no driver for do_bench ("0 active drivers").
+    return not interpreting()
+
+
+def _make_tuner(
+    kernel: Any,
+    configs: Sequence[triton.Config],
+    key: Sequence[str],
+    heuristics: dict[str, Callable[[dict], Any]] | None,
+) -> Any:
+    fn = triton.heuristics(heuristics)(kernel) if heuristics else kernel
+    return triton.autotune(configs=list(configs), key=list(key), do_bench=_quick_bench)(fn)
+
+
+def _run_config(
+    kernel: Any,
+    grid: Callable[[dict], tuple],
+    args: dict[str, Any],
+    cfg_kwargs: dict[str, Any],
+    heuristics: dict[str, Callable[[dict], Any]] | None,
+) -> None:
+    # What Autotuner.run and Heuristics.run do for a known config: config kwargs over the
+    # arguments, heuristics over both, then the jit function with the grid of that.
+    meta = {**args, **cfg_kwargs}
+    if heuristics:
+        for name, fn in heuristics.items():
+            meta[name] = fn(meta)
+    kernel.run(grid=grid(meta), warmup=False, **meta)
 
 
 def launch(
@@ -454,25 +553,39 @@ def launch(
     `heuristics` compute constexprs from the arguments and the config (EVEN_K, ...). The
     interpreter cannot autotune over more than one config ("0 active drivers"), and a caller
     that passes one config (tests, a pinned config) should not pay for tuning: both call the
-    jit function directly with the config's meta-parameters.
+    jit function directly with the config's meta-parameters. The first call of a tuning key
+    (tuner_id, the values of `key`, the tensors' dtypes) goes through triton's autotuner;
+    later calls launch its pick directly, without the autotuner's per-call bookkeeping.
+    Which arguments are tensors is read once per tuner_id: a launcher passes tensors (real
+    or dummy pointers) for the same arguments on every call.
     """
-    heuristics = heuristics or {}
-    if len(configs) == 1 or interpreting():
+    family = tuner_id[0]
+    if len(configs) == 1 or not _can_autotune():
         cfg = configs[0]
-        meta = {**args, **cfg.kwargs}
-        meta.update({name: fn(meta) for name, fn in heuristics.items()})
-        kernel[grid(meta)](**meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        _LAST_CONFIG[tuner_id[0]] = cfg
+        _run_config(kernel, grid, args, launch_kwargs(cfg), heuristics)
+        _LAST_CONFIG[family] = cfg
+        return cfg
+    tensors = _TENSOR_ARGS.get(tuner_id)
+    if tensors is None:
+        tensors = tuple(name for name, v in args.items() if isinstance(v, torch.Tensor))
+        _TENSOR_ARGS[tuner_id] = tensors
+    # Like triton's own key: the values of `key`, then the dtypes of the tensor arguments.
+    tune_key = (tuner_id, *[args[name] for name in key], *[args[name].dtype for name in tensors])
+    best = _BEST.get(tune_key)
+    if best is not None:
+        cfg, cfg_kwargs = best
+        _run_config(kernel, grid, args, cfg_kwargs, heuristics)
+        _LAST_CONFIG[family] = cfg
         return cfg
     tuner = _TUNERS.get(tuner_id)
     if tuner is None:
-        fn = triton.heuristics(heuristics)(kernel) if heuristics else kernel
-        tuner = triton.autotune(configs=list(configs), key=list(key), do_bench=_quick_bench)(fn)
-        _TUNERS[tuner_id] = tuner
+        tuner = _TUNERS[tuner_id] = _make_tuner(kernel, configs, key, heuristics)
     tuner[grid](**args)
-    best = getattr(tuner, "best_config", None)
-    _LAST_CONFIG[tuner_id[0]] = best
-    return best
+    picked = getattr(tuner, "best_config", None)
+    if picked is not None:
+        _BEST[tune_key] = (picked, launch_kwargs(picked))
+    _LAST_CONFIG[family] = picked
+    return picked
 
 
 def dot_upcast(dtype: torch.dtype) -> bool:
@@ -589,7 +702,7 @@ def run_splitk_epilogue(
     """Launch the reduce pass over a (split_k, M, N) fp32 workspace into the 2-D view y2d."""
     m, n = y2d.shape
     bm, bn = SPLITK_EPILOGUE_BLOCK
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    grid = (cdiv(m, bm), cdiv(n, bn))
     splitk_epilogue_kernel[grid](
         ws,
         bias if bias is not None else ws,
@@ -616,6 +729,19 @@ def run_splitk_epilogue(
     )
 
 
+_EPILOGUES: dict[tuple, tuple] = {}
+_PLAIN_NUMBERS = (float, int)
+
+
+def _params_key(params: Sequence[float]) -> tuple | None:
+    # Only plain numbers make a cache key (a tensor parameter could change in place).
+    key = params if type(params) is tuple else tuple(params)
+    for p in key:
+        if type(p) not in _PLAIN_NUMBERS:
+            return None
+    return key
+
+
 def epilogue_args(
     activation: str,
     activation_params: Sequence[float],
@@ -623,8 +749,18 @@ def epilogue_args(
     post_activation_params: Sequence[float],
 ) -> dict[str, Any]:
     """Kernel arguments of an epilogue: constexpr codes ACT/POST_ACT and params p0, p1, q0, q1."""
-    act, p0, p1 = resolve_activation(activation, activation_params)
-    post, q0, q1 = resolve_activation(post_activation, post_activation_params, "post_activation")
+    pa, pq = _params_key(activation_params), _params_key(post_activation_params)
+    key = (activation, pa, post_activation, pq) if pa is not None and pq is not None else None
+    codes = _EPILOGUES.get(key) if key is not None else None
+    if codes is None:
+        act, p0, p1 = resolve_activation(activation, activation_params)
+        post, q0, q1 = resolve_activation(
+            post_activation, post_activation_params, "post_activation"
+        )
+        codes = (act, p0, p1, post, q0, q1)
+        if key is not None:
+            _EPILOGUES[key] = codes
+    act, p0, p1, post, q0, q1 = codes
     return {"ACT": act, "POST_ACT": post, "p0": p0, "p1": p1, "q0": q0, "q1": q1}
 
 
@@ -764,7 +900,7 @@ def check_gemm_inputs(
     out_shape = (*a.shape[:-1], n)
     check_epilogue_inputs(bias, residual, n, out_shape)
     epi = epilogue_args(*epi_spec)
-    a2 = a.reshape(-1, k)
+    a2 = a if a.dim() == 2 else a.reshape(-1, k)
     check_matrix_layout("a (as 2-D)", a2)
     return a2, a2.shape[0], k, n, out_shape, epi
 
@@ -794,8 +930,8 @@ def gemm_split_k(
     """
     if split_k is None:
         c0 = configs[0].kwargs
-        tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(n, c0["BLOCK_N"])
-        split_k = pick_split_k(tiles, triton.cdiv(k, c0["BLOCK_K"]), num_sms(device))
+        tiles = cdiv(m, c0["BLOCK_M"]) * cdiv(n, c0["BLOCK_N"])
+        split_k = pick_split_k(tiles, cdiv(k, c0["BLOCK_K"]), num_sms(device))
     if split_k < 1:
         raise ValueError(f"split_k must be >= 1, got {split_k}")
     ws = torch.empty((split_k, m, n), device=device, dtype=torch.float32) if split_k > 1 else y2d
@@ -803,7 +939,7 @@ def gemm_split_k(
 
 
 def gemm_grid(meta: dict) -> tuple:
-    tiles = triton.cdiv(meta["M"], meta["BLOCK_M"]) * triton.cdiv(meta["N"], meta["BLOCK_N"])
+    tiles = cdiv(meta["M"], meta["BLOCK_M"]) * cdiv(meta["N"], meta["BLOCK_N"])
     return (tiles, meta["SPLIT_K"])
 
 

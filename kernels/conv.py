@@ -23,11 +23,12 @@ import triton.language as tl
 from lepton_compile.kernels._common import (
     FLOAT_OUT,
     Arch,
+    cdiv,
     check_device,
     check_dtype,
     check_output_size,
     dedupe,
-    device_arch,
+    device_facts,
     dot_upcast,
     epilogue_args,
     epilogue_kernel_args,
@@ -36,7 +37,7 @@ from lepton_compile.kernels._common import (
     grouped_tile,
     launch,
     make_configs,
-    max_shared_memory,
+    memo_configs,
     num_sms,
     pick_split_k,
     run_splitk_epilogue,
@@ -374,6 +375,52 @@ def get_depthwise_configs(arch: Arch) -> list[triton.Config]:
     return make_configs(rows, DW_META)
 
 
+def _fitted_configs(
+    arch: Arch, m: int, pointwise: bool, elem: int, smem: int
+) -> list[triton.Config]:
+    """The autotuning set of one M bucket: get_configs, less those over the shared memory."""
+    configs = get_configs(arch, m, pointwise=pointwise, elem_bytes=elem)
+    if arch != "interpreter":
+        configs = [cf for cf in configs if smem_estimate(cf, elem, elem) <= smem] or configs[-1:]
+    return configs
+
+
+CONV_TUNE_KEY = (
+    "N",
+    "H",
+    "W",
+    "P",
+    "Q",
+    "COUT",
+    "CIN_G",
+    "COUT_G",
+    "R",
+    "S",
+    "SPLIT_K",
+    "conv_stride_h",
+    "conv_stride_w",
+)
+DW_TUNE_KEY = ("N", "H", "W", "P", "Q", "COUT", "R", "S", "MULT", "conv_stride_h", "conv_stride_w")
+
+
+def _even_c(meta: dict) -> bool:
+    return meta["CIN_G"] % meta["BLOCK_K"] == 0
+
+
+_CONV_HEURISTICS = {"EVEN_C": _even_c}
+
+
+def _conv_grid(meta: dict) -> tuple:
+    m_all = meta["N"] * meta["P"] * meta["Q"]
+    tiles = cdiv(m_all, meta["BLOCK_M"]) * cdiv(meta["COUT_G"], meta["BLOCK_N"])
+    return (tiles, meta["COUT"] // meta["COUT_G"], meta["SPLIT_K"])
+
+
+def _depthwise_grid(meta: dict) -> tuple:
+    m_all = meta["N"] * meta["P"] * meta["Q"]
+    return (cdiv(m_all, meta["BLOCK_M"]), cdiv(meta["COUT"], meta["BLOCK_C"]))
+
+
 # ---------------------------------------------------------------------------------------
 # Launchers.
 
@@ -536,31 +583,33 @@ def conv2d(
     y2 = _as_rows(y)
     r2 = _as_rows(residual) if residual is not None else None
 
-    arch = device_arch(device)
+    facts = device_facts(device)
+    arch = facts.arch
     k_flat = cin_g < FLAT_BELOW or cin_g % 8 != 0
     elem = x.element_size()
+    small = m <= 1024
+    pointwise = r == 1 and s == 1
     if config is not None:
-        configs = [config]
+        configs: Sequence[triton.Config] = (config,)
     else:
-        configs = get_configs(arch, m, pointwise=(r == 1 and s == 1), elem_bytes=elem)
-        if arch != "interpreter":
-            limit = max_shared_memory(device)
-            configs = [cf for cf in configs if smem_estimate(cf, elem, elem) <= limit] or configs[
-                -1:
-            ]
+        configs = memo_configs(
+            ("conv2d", arch, small, pointwise, elem, facts.smem),
+            lambda: _fitted_configs(arch, m, pointwise, elem, facts.smem),
+        )
     if split_k is None:
         split_k = 1
         if groups == 1:
             c0 = configs[0].kwargs
-            tiles = triton.cdiv(m, c0["BLOCK_M"]) * triton.cdiv(cout, c0["BLOCK_N"])
+            tiles = cdiv(m, c0["BLOCK_M"]) * cdiv(cout, c0["BLOCK_N"])
             bk = c0["BLOCK_K"]
-            k_iters = triton.cdiv(r * s * cin_g, bk) if k_flat else r * s * triton.cdiv(cin_g, bk)
+            k_iters = cdiv(r * s * cin_g, bk) if k_flat else r * s * cdiv(cin_g, bk)
             split_k = pick_split_k(tiles, k_iters, num_sms(device))
     if split_k < 1 or (split_k > 1 and groups > 1):
         raise ValueError(f"split_k={split_k}: must be >= 1, and 1 for grouped convs")
     ws = torch.empty((split_k, m, cout), device=device, dtype=torch.float32) if split_k > 1 else y2
-    args = dict(
-        **epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1),
+    x_st, w_st = x.stride(), weight.stride()
+    args = epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1)
+    args.update(
         x_ptr=x,
         w_ptr=weight,
         ws_ptr=ws,
@@ -572,14 +621,14 @@ def conv2d(
         COUT=cout,
         CIN_G=cin_g,
         COUT_G=cout_g,
-        stride_xn=x.stride(0),
-        stride_xh=x.stride(2),
-        stride_xw=x.stride(3),
-        stride_xc=x.stride(1),
-        stride_wo=weight.stride(0),
-        stride_wc=weight.stride(1),
-        stride_wr=weight.stride(2),
-        stride_ws=weight.stride(3),
+        stride_xn=x_st[0],
+        stride_xh=x_st[2],
+        stride_xw=x_st[3],
+        stride_xc=x_st[1],
+        stride_wo=w_st[0],
+        stride_wc=w_st[1],
+        stride_wr=w_st[2],
+        stride_ws=w_st[3],
         conv_stride_h=sh,
         conv_stride_w=sw,
         pad_h=pt,
@@ -592,34 +641,14 @@ def conv2d(
         K_FLAT=k_flat,
         DOT_MODE=1 if dot_upcast(x.dtype) else 0,
     )
-
-    def grid(meta: dict) -> tuple:
-        m_all = meta["N"] * meta["P"] * meta["Q"]
-        tiles = triton.cdiv(m_all, meta["BLOCK_M"]) * triton.cdiv(meta["COUT_G"], meta["BLOCK_N"])
-        return (tiles, groups, meta["SPLIT_K"])
-
     launch(
         conv2d_kernel,
-        grid,
+        _conv_grid,
         args,
         configs,
-        tuner_id=("conv2d", arch, m <= 1024, r == 1 and s == 1, elem, config is None),
-        key=[
-            "N",
-            "H",
-            "W",
-            "P",
-            "Q",
-            "COUT",
-            "CIN_G",
-            "COUT_G",
-            "R",
-            "S",
-            "SPLIT_K",
-            "conv_stride_h",
-            "conv_stride_w",
-        ],
-        heuristics={"EVEN_C": lambda meta: meta["CIN_G"] % meta["BLOCK_K"] == 0},
+        tuner_id=("conv2d", arch, small, pointwise, elem, config is None),
+        key=CONV_TUNE_KEY,
+        heuristics=_CONV_HEURISTICS,
     )
     if split_k > 1:
         run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
@@ -660,10 +689,14 @@ def depthwise_conv2d(
     )
     y2 = _as_rows(y)
     r2 = _as_rows(residual) if residual is not None else None
-    arch = device_arch(device)
-    configs = [config] if config is not None else get_depthwise_configs(arch)
-    args = dict(
-        **epilogue_kernel_args(epi, bias, r2, y2),
+    arch = device_facts(device).arch
+    if config is not None:
+        configs: Sequence[triton.Config] = (config,)
+    else:
+        configs = memo_configs(("depthwise", arch), lambda: get_depthwise_configs(arch))
+    x_st, w_st = x.stride(), weight.stride()
+    args = epilogue_kernel_args(epi, bias, r2, y2)
+    args.update(
         x_ptr=x,
         w_ptr=weight,
         N=n,
@@ -672,13 +705,13 @@ def depthwise_conv2d(
         P=p,
         Q=q,
         COUT=cout,
-        stride_xn=x.stride(0),
-        stride_xh=x.stride(2),
-        stride_xw=x.stride(3),
-        stride_xc=x.stride(1),
-        stride_wo=weight.stride(0),
-        stride_wr=weight.stride(2),
-        stride_ws=weight.stride(3),
+        stride_xn=x_st[0],
+        stride_xh=x_st[2],
+        stride_xw=x_st[3],
+        stride_xc=x_st[1],
+        stride_wo=w_st[0],
+        stride_wr=w_st[2],
+        stride_ws=w_st[3],
         conv_stride_h=sh,
         conv_stride_w=sw,
         pad_h=pt,
@@ -689,18 +722,13 @@ def depthwise_conv2d(
         S=s,
         MULT=cout // c,
     )
-
-    def grid(meta: dict) -> tuple:
-        m_all = meta["N"] * meta["P"] * meta["Q"]
-        return (triton.cdiv(m_all, meta["BLOCK_M"]), triton.cdiv(meta["COUT"], meta["BLOCK_C"]))
-
     launch(
         depthwise_conv2d_kernel,
-        grid,
+        _depthwise_grid,
         args,
         configs,
         tuner_id=("depthwise", arch, config is None),
-        key=["N", "H", "W", "P", "Q", "COUT", "R", "S", "MULT", "conv_stride_h", "conv_stride_w"],
+        key=DW_TUNE_KEY,
     )
     return y
 

@@ -25,7 +25,7 @@ from lepton_compile.kernels._common import (
     check_gemm_inputs,
     check_output_size,
     dedupe,
-    device_arch,
+    device_facts,
     dot_upcast,
     epilogue_kernel_args,
     epilogue_reference,
@@ -38,7 +38,7 @@ from lepton_compile.kernels._common import (
     grouped_tile,
     launch,
     make_configs,
-    max_shared_memory,
+    memo_configs,
     run_splitk_epilogue,
     store_tile,
 )
@@ -231,6 +231,17 @@ def get_configs(arch: Arch, m: int | None = None, elem_bytes: int = 2) -> list[t
     return dedupe(make_configs(_scale_k(rows, elem_bytes), GEMM_META))
 
 
+def _fitted_configs(arch: Arch, m: int, elem: int, smem: int) -> list[triton.Config]:
+    """The autotuning set of one M bucket: get_configs, less those over the shared memory."""
+    configs = get_configs(arch, m, elem)
+    if arch != "interpreter":
+        configs = fit_smem(configs, smem, elem, elem)
+    return configs
+
+
+_HEURISTICS = {"EVEN_K": even_k}
+
+
 def gemm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -262,31 +273,37 @@ def gemm(
     y = torch.empty(out_shape, device=device, dtype=out_dtype)
     if m == 0 or n == 0:
         return y
-    y2 = y.view(m, n)
-    r2 = residual.reshape(m, n) if residual is not None else None
+    y2 = y if y.dim() == 2 else y.view(m, n)
+    r2 = None
+    if residual is not None:
+        r2 = residual if residual.dim() == 2 else residual.reshape(m, n)
 
-    arch = device_arch(device)
+    facts = device_facts(device)
+    arch = facts.arch
     elem = a.element_size()
+    bucket = gemm_bucket(m)
     if config is not None:
-        configs = [config]
+        configs: Sequence[triton.Config] = (config,)
     else:
-        configs = get_configs(arch, m, elem)
-        if arch != "interpreter":
-            configs = fit_smem(configs, max_shared_memory(device), elem, elem)
+        configs = memo_configs(
+            ("gemm", arch, bucket, elem, facts.smem),
+            lambda: _fitted_configs(arch, m, elem, facts.smem),
+        )
     split_k, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
 
-    args = dict(
-        **epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1),
+    a_st, b_st = a2.stride(), b.stride()
+    args = epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1)
+    args.update(
         a_ptr=a2,
         b_ptr=b,
         ws_ptr=ws,
         M=m,
         N=n,
         K=k,
-        stride_am=a2.stride(0),
-        stride_ak=a2.stride(1),
-        stride_bk=b.stride(0),
-        stride_bn=b.stride(1),
+        stride_am=a_st[0],
+        stride_ak=a_st[1],
+        stride_bk=b_st[0],
+        stride_bn=b_st[1],
         SPLIT_K=split_k,
         DOT_MODE=1 if dot_upcast(a.dtype) else 0,
     )
@@ -296,9 +313,9 @@ def gemm(
         gemm_grid,
         args,
         configs,
-        tuner_id=("gemm", arch, gemm_bucket(m), elem, config is None),
+        tuner_id=("gemm", arch, bucket, elem, config is None),
         key=GEMM_TUNE_KEY,
-        heuristics={"EVEN_K": even_k},
+        heuristics=_HEURISTICS,
     )
     if split_k > 1:
         run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)

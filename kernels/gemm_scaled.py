@@ -26,7 +26,7 @@ from lepton_compile.kernels._common import (
     check_gemm_inputs,
     check_output_size,
     dedupe,
-    device_arch,
+    device_facts,
     epilogue_kernel_args,
     epilogue_reference,
     even_k,
@@ -38,7 +38,7 @@ from lepton_compile.kernels._common import (
     grouped_tile,
     launch,
     make_configs,
-    max_shared_memory,
+    memo_configs,
     run_splitk_epilogue,
     store_tile,
 )
@@ -214,6 +214,17 @@ def get_configs(arch: Arch, m: int | None = None) -> list[triton.Config]:
     return dedupe(make_configs([row for b in buckets for row in table[b]], GEMM_META))
 
 
+def _fitted_configs(arch: Arch, m: int, smem: int) -> list[triton.Config]:
+    """The autotuning set of one M bucket: get_configs, less those over the shared memory."""
+    configs = get_configs(arch, m)
+    if arch != "interpreter":
+        configs = fit_smem(configs, smem, 1, 1)
+    return configs
+
+
+_HEURISTICS = {"EVEN_K": even_k}
+
+
 def _scale_kind(name: str, scale: torch.Tensor, rows: int) -> bool:
     """True: one scale per row/column; False: one scale for all. ValueError otherwise."""
     if scale.dtype != torch.float32:
@@ -222,7 +233,7 @@ def _scale_kind(name: str, scale: torch.Tensor, rows: int) -> bool:
         return False
     if scale.numel() != rows:
         raise ValueError(f"{name} has {scale.numel()} elements, expected {rows} or 1")
-    if scale.numel() > 1 and scale.reshape(-1).stride(0) != 1:
+    if scale.numel() > 1 and not scale.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     return True
 
@@ -251,7 +262,8 @@ def _scaled_gemm(
     a2, m, k, n, out_shape, epi = check_gemm_inputs(a, b, bias, residual, out_dtype, epi_spec)
     a_per_row = _scale_kind("a_scale", a_scale, m)
     b_per_col = _scale_kind("b_scale", b_scale, n)
-    arch = device_arch(device)
+    facts = device_facts(device)
+    arch = facts.arch
     if kind == "fp8" and arch != "interpreter" and int(arch) < 89:
         raise ValueError(f"fp8 GEMM needs compute capability 8.9 or newer, this GPU is sm{arch}")
 
@@ -259,17 +271,22 @@ def _scaled_gemm(
     y = torch.empty(out_shape, device=device, dtype=out_dtype)
     if m == 0 or n == 0:
         return y
-    y2 = y.view(m, n)
-    r2 = residual.reshape(m, n) if residual is not None else None
+    y2 = y if y.dim() == 2 else y.view(m, n)
+    r2 = None
+    if residual is not None:
+        r2 = residual if residual.dim() == 2 else residual.reshape(m, n)
+    bucket = gemm_bucket(m)
     if config is not None:
-        configs = [config]
+        configs: Sequence[triton.Config] = (config,)
     else:
-        configs = get_configs(arch, m)
-        if arch != "interpreter":
-            configs = fit_smem(configs, max_shared_memory(device), 1, 1)
+        configs = memo_configs(
+            ("scaled_gemm", arch, bucket, 1, facts.smem),
+            lambda: _fitted_configs(arch, m, facts.smem),
+        )
     split_k, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
-    args = dict(
-        **epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1),
+    a_st, b_st = a2.stride(), b.stride()
+    args = epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1)
+    args.update(
         a_ptr=a2,
         b_ptr=b,
         a_scale_ptr=a_scale,
@@ -278,10 +295,10 @@ def _scaled_gemm(
         M=m,
         N=n,
         K=k,
-        stride_am=a2.stride(0),
-        stride_ak=a2.stride(1),
-        stride_bk=b.stride(0),
-        stride_bn=b.stride(1),
+        stride_am=a_st[0],
+        stride_ak=a_st[1],
+        stride_bk=b_st[0],
+        stride_bn=b_st[1],
         SPLIT_K=split_k,
         A_PER_ROW=a_per_row,
         B_PER_COL=b_per_col,
@@ -294,9 +311,9 @@ def _scaled_gemm(
         gemm_grid,
         args,
         configs,
-        tuner_id=(kind, arch, gemm_bucket(m), fast_accum, config is None),
+        tuner_id=(kind, arch, bucket, fast_accum, config is None),
         key=GEMM_TUNE_KEY,
-        heuristics={"EVEN_K": even_k},
+        heuristics=_HEURISTICS,
     )
     if split_k > 1:
         run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)

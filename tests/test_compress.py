@@ -167,9 +167,10 @@ def _npz_dir(tmp: Path, n: int, labels: bool = True, shape=(1, 32), name: str = 
 
 
 def top1_accuracy(outputs, labels):
-    return float(
-        np.mean([int(o["y"].argmax(-1)[0] == lab["label"][0]) for o, lab in zip(outputs, labels, strict=True)])
-    )
+    hits = [
+        int(o["y"].argmax(-1)[0] == lab["label"][0]) for o, lab in zip(outputs, labels, strict=True)
+    ]
+    return float(np.mean(hits))
 
 
 def test_metric_hook_judges_variants(tmp_path: Path, mlp_path: Path):

@@ -85,13 +85,9 @@ def fp8(rows: list) -> None:
                 xq = (x.float() / sx).to(torch.float8_e4m3fn)
                 wq = (w.float() / sw).to(torch.float8_e4m3fn)
 
-                def run_fp8():
-                    return torch._scaled_mm(  # noqa: B023
-                        xq,
-                        wq.t(),
-                        scale_a=sx,
-                        scale_b=sw,
-                        out_dtype=torch.float16,  # noqa: B023
+                def run_fp8(xq=xq, wq=wq, sx=sx, sw=sw):
+                    return torch._scaled_mm(
+                        xq, wq.t(), scale_a=sx, scale_b=sw, out_dtype=torch.float16
                     )
 
                 y8 = run_fp8()

@@ -1,14 +1,19 @@
 """Kernel benchmark: lepton_compile.kernels against cuBLAS / cuDNN through torch, on one GPU.
 
-    python bench/suites/kernels.py [--only gemm,int8,fp8,conv,depthwise] [--quick]
+    python bench/suites/kernels.py [--only launch,gemm,int8,fp8,conv,depthwise] [--quick]
                                    [--budget-s 420] [--compile-jobs N] [--out PATH]
     python bench/suites/kernels.py --dry-run     # list the cases (no GPU needed)
     python bench/suites/kernels.py --smoke       # tiny shapes in the Triton interpreter (CPU):
                                                  # checks this script, times nothing real
 
-Comparisons (fp16 unless said otherwise; every timing is `triton.testing.do_bench` with the
-same warmup/rep and quantiles on both sides, which flushes L2 before each repetition):
+Comparisons (fp16 unless said otherwise; every timing but `launch`'s is
+`triton.testing.do_bench` with the same warmup/rep and quantiles on both sides, which flushes
+L2 before each repetition):
 
+    launch     host overhead per call: wall clock of 1000 back-to-back calls and one
+               torch.cuda.synchronize, divided by 1000, for a 64x64x64 GEMM, a tiny conv and
+               a tiny depthwise conv (ours vs torch); the GPU work is a few microseconds, so
+               this is the time the host needs to launch a call (quick: run first)
     gemm       our GEMM + fused epilogue  vs  torch.matmul + the same epilogue as separate
                torch ops, at 4096^3 (plain and bias+GELU+residual) and at the four linear
                layers of a BERT-base encoder layer (seq 128, batch 1 and 32) with the
@@ -59,7 +64,9 @@ log = logging.getLogger("bench.kernels")
 WARMUP_MS = 25
 REP_MS = 100
 QUANTILES = (0.5, 0.2, 0.8)
-FAMILIES = ("gemm", "conv", "int8", "fp8", "depthwise")  # run order: most wanted first
+FAMILIES = ("launch", "gemm", "conv", "int8", "fp8", "depthwise")  # run order: most wanted first
+LAUNCH_CALLS = 1000  # back-to-back calls per launch-overhead timing
+LAUNCH_REPEATS = 5
 
 BERT_SEQ = 128
 BERT_HIDDEN = 768
@@ -82,7 +89,7 @@ EPILOGUES: dict[str, dict[str, Any]] = {
 
 @dataclasses.dataclass
 class Case:
-    family: str  # gemm, int8, fp8, conv, depthwise
+    family: str  # launch, gemm, int8, fp8, conv, depthwise
     name: str
     params: dict[str, Any]
     flops: float
@@ -205,10 +212,37 @@ def depthwise_cases(quick: bool) -> list[Case]:
     return cases
 
 
+def launch_cases() -> list[Case]:
+    """Tiny shapes whose GPU time is a few microseconds: the host's launch path dominates."""
+    conv = {"N": 1, "H": 8, "W": 8, "stride": 1, "pad": 1, "k": 3}
+    return [
+        Case(
+            "launch",
+            "gemm 64x64x64",
+            {"kind": "gemm", "M": 64, "K": 64, "N": 64, "epilogue": "none", "b_layout": "KN"},
+            2.0 * 64**3,
+        ),
+        Case(
+            "launch",
+            "conv 16x8x8 -> 16 k3 +bias+relu",
+            {**conv, "kind": "conv", "C": 16, "COUT": 16, "groups": 1},
+            2.0 * 64 * 16 * 16 * 9,
+        ),
+        Case(
+            "launch",
+            "depthwise 32x8x8 k3 +bias+relu",
+            {**conv, "kind": "depthwise", "C": 32, "COUT": 32, "groups": 32},
+            2.0 * 64 * 32 * 9,
+        ),
+    ]
+
+
 def all_cases(families: list[str], quick: bool) -> list[Case]:
     cases: list[Case] = []
     for fam in families:
-        if fam in ("gemm", "int8", "fp8"):
+        if fam == "launch":
+            cases += launch_cases()
+        elif fam in ("gemm", "int8", "fp8"):
             cases += gemm_cases(fam, quick)
         elif fam == "conv":
             cases += conv_cases(quick)
@@ -220,6 +254,8 @@ def all_cases(families: list[str], quick: bool) -> list[Case]:
 def shrink(case: Case) -> Case:
     """--smoke: the same case at interpreter size (the logic runs, the numbers mean nothing)."""
     p = dict(case.params)
+    if case.family == "launch":
+        return case  # already tiny
     if case.family in ("gemm", "int8", "fp8"):
         p.update(M=min(p["M"], 48), K=max(32, min(p["K"], 64)), N=min(p["N"], 40))
     else:
@@ -253,6 +289,38 @@ def _timer(smoke: bool) -> Callable[[Callable[[], Any]], list[float]]:
         )
 
     return bench
+
+
+def _launch_timer(smoke: bool) -> Callable[[Callable[[], Any]], list[float]]:
+    """ms per call from the wall clock of back-to-back calls and one synchronize at the end.
+
+    Quantiles (p50, p20, p80) over LAUNCH_REPEATS runs of LAUNCH_CALLS calls; the smoke run
+    makes 2 calls once (the interpreter is slow; the number means nothing).
+    """
+    import torch
+
+    calls, repeats = (2, 1) if smoke else (LAUNCH_CALLS, LAUNCH_REPEATS)
+    sync = (lambda: None) if smoke else torch.cuda.synchronize
+
+    def wall(fn: Callable[[], Any]) -> list[float]:
+        for _ in range(min(calls, 50)):  # warm: caches, allocator, clocks
+            fn()
+        sync()
+        per_call = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            per_call.append((time.perf_counter() - t0) * 1e3 / calls)
+        per_call.sort()
+
+        def q(f: float) -> float:
+            return per_call[min(len(per_call) - 1, int(f * len(per_call)))]
+
+        return [q(0.5), q(0.2), q(0.8)]
+
+    return wall
 
 
 def _rel_err(ours: Any, ref: Any) -> float:
@@ -383,12 +451,22 @@ def build_conv(case: Case, device: str) -> dict[str, Callable[[], Any]]:
     }
 
 
+def _kernel_case(case: Case) -> Case:
+    """A launch case as the gemm/conv/depthwise case it times (what the builders take)."""
+    if case.family != "launch":
+        return case
+    return dataclasses.replace(case, family=case.params["kind"])
+
+
 def run_case(case: Case, device: str, smoke: bool) -> dict[str, Any]:
     from lepton_compile.kernels import _common
 
-    build = build_conv if case.family in ("conv", "depthwise") else build_gemm
-    sides = build(case, device)
-    timer = _timer(smoke)
+    kcase = _kernel_case(case)
+    build = build_conv if kcase.family in ("conv", "depthwise") else build_gemm
+    sides = build(kcase, device)
+    if case.family == "launch":  # ours vs the torch equivalent, nothing else
+        sides = {"ours": sides["ours"], "torch": sides["torch"]}
+    timer = _launch_timer(smoke) if case.family == "launch" else _timer(smoke)
     row: dict[str, Any] = {
         "id": case.id,
         "family": case.family,
@@ -401,9 +479,9 @@ def run_case(case: Case, device: str, smoke: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     ours_out = sides["ours"]()  # autotunes on the first call
     row["first_call_s"] = round(time.perf_counter() - t0, 3)
-    kernel_family = {"gemm": "gemm", "int8": "w8a8", "fp8": "fp8"}.get(case.family, None)
-    if case.family in ("conv", "depthwise"):
-        kernel_family = "depthwise" if case.family == "depthwise" else "conv2d"
+    kernel_family = {"gemm": "gemm", "int8": "w8a8", "fp8": "fp8"}.get(kcase.family, None)
+    if kcase.family in ("conv", "depthwise"):
+        kernel_family = "depthwise" if kcase.family == "depthwise" else "conv2d"
     cfg = _common.last_config(kernel_family)
     row["config"] = str(cfg) if cfg is not None else None
     ref_out = sides["torch"]()
@@ -424,6 +502,9 @@ def run_case(case: Case, device: str, smoke: bool) -> dict[str, Any]:
             "ms_p80": q[2],
             "tflops": case.flops / (q[0] * 1e-3) / 1e12 if q[0] > 0 else None,
         }
+        if case.family == "launch":
+            times[name]["us_per_call"] = q[0] * 1e3
+            times[name]["tflops"] = None  # host-bound: not a throughput
         if fn.__doc__ and name.startswith("ref:"):
             times[name]["variant"] = fn.__doc__
     row["times"] = times
@@ -439,7 +520,7 @@ def _warm_worker(cases: list[dict[str, Any]], device: str) -> list[str]:
     """Compile (and autotune) cases in a child process: fills Triton's disk cache."""
     errors = []
     for c in cases:
-        case = Case(**c)
+        case = _kernel_case(Case(**c))
         try:
             build = build_conv if case.family in ("conv", "depthwise") else build_gemm
             build(case, device)["ours"]()
@@ -586,6 +667,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def _progress(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return row["status"] + " " + row.get("error", "")[:100]
+    text = f"{row.get('speedup_vs_torch', float('nan')):.2f}x"
+    if row["family"] == "launch":
+        us = {k: v.get("us_per_call", float("nan")) for k, v in row["times"].items()}
+        text += f" (per call: ours {us.get('ours'):.1f} us, torch {us.get('torch'):.1f} us)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -692,9 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             i + 1,
             len(cases),
             case.id,
-            f"{row.get('speedup_vs_torch', float('nan')):.2f}x"
-            if row["status"] == "ok"
-            else row["status"] + " " + row.get("error", "")[:100],
+            _progress(row),
         )
         if not args.smoke:
             torch.cuda.empty_cache()
@@ -713,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
             "timer": "wall clock, one call (smoke run)"
             if args.smoke
             else "triton.testing.do_bench",
+            "launch_timer": f"wall clock of {LAUNCH_CALLS} back-to-back calls + one "
+            f"torch.cuda.synchronize, / {LAUNCH_CALLS}; p50/p20/p80 of {LAUNCH_REPEATS} runs",
             "warmup_ms": WARMUP_MS,
             "rep_ms": REP_MS,
             "quantiles": list(QUANTILES),

@@ -58,6 +58,11 @@ def test_help_and_dry_run():
     out = _run("--dry-run", "--only", "gemm,conv")
     assert out.returncode == 0, out.stderr
     assert "gemm/4096^3 plain" in out.stdout and "56 cases" in out.stdout
+    out = _run("--dry-run")  # every family, the launch overhead first
+    assert out.returncode == 0, out.stderr
+    firsts = [line.split()[0] for line in out.stdout.splitlines()[:-1]]
+    assert firsts[:3] == ["launch/gemm", "launch/conv", "launch/depthwise"]
+    assert not any(f.startswith("launch/") for f in firsts[3:])
     bad = _run("--dry-run", "--only", "gemv")
     assert bad.returncode == 2 and "unknown families" in bad.stderr
 
@@ -66,7 +71,8 @@ def test_smoke_run_writes_results(tmp_path: Path):
     pytest.importorskip("torch")
     pytest.importorskip("triton")
     out = tmp_path / "kernels-smoke.json"
-    proc = _run("--smoke", "--quick", "--only", "gemm,int8,fp8,conv,depthwise", "--out", str(out))
+    families = "launch,gemm,int8,fp8,conv,depthwise"
+    proc = _run("--smoke", "--quick", "--only", families, "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["schema"] == "lepton-compile/bench-kernels/v1"
@@ -80,3 +86,9 @@ def test_smoke_run_writes_results(tmp_path: Path):
         # The numbers are from the interpreter, but the outputs must agree.
         assert next(iter(r["max_rel_err"].values())) < 0.1, r["id"]
     assert "gemm: bert-base layer b32" in data["summary"]
+    launch = [r for r in rows if r["family"] == "launch"]
+    assert [r["params"]["kind"] for r in launch] == ["gemm", "conv", "depthwise"]
+    assert rows[:3] == launch
+    for r in launch:
+        assert set(r["times"]) == {"ours", "torch"}
+        assert all(t["us_per_call"] > 0 for t in r["times"].values()), r["id"]

@@ -126,7 +126,8 @@ def test_scaled_input_checks(monkeypatch):
         scaled.fp8_gemm(a, b, sa, sb)
     f8 = _operands("fp8", 8, 32, 16)
     if not ON_GPU:  # the capability check, as on an Ampere GPU
-        monkeypatch.setattr(scaled, "device_arch", lambda device: 80)
+        ampere = common.DeviceFacts(arch=80, smem=166912, sms=108)
+        monkeypatch.setattr(scaled, "device_facts", lambda device: ampere)
         with pytest.raises(ValueError, match="compute capability 8.9"):
             scaled.fp8_gemm(*f8[:4])
 
