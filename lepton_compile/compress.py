@@ -201,7 +201,9 @@ def revert_qdq(
     present = {t.name for t in g.initializer} | {i.name for i in g.input}
     present |= {o for n in g.node for o in n.output}
     orig_inits = {t.name: t for t in original.graph.initializer}
-    orig_producers = {o: n.name for n in original.graph.node for o in n.output}
+    orig_producer_nodes = {o: n for n in original.graph.node for o in n.output}
+    orig_producers = {o: n.name for o, n in orig_producer_nodes.items()}
+    restored: dict[str, str] = {}  # activation name -> its re-applied FP32 copy
     for name in names:
         qn, on = q_nodes.get(name), orig_nodes.get(name)
         if qn is None or on is None or len(qn.input) != len(on.input):
@@ -214,9 +216,15 @@ def revert_qdq(
                 # An activation: bypass its QDQ only if the FP32 tensor of that name still
                 # means the same thing. The quantizer folds a Relu/Clip that precedes a
                 # QuantizeLinear into the quantized range, so the name can now hold the
-                # pre-activation values: then the layer keeps reading the dequantized tensor.
+                # pre-activation values: then the activation is applied again, in FP32.
                 src = producers.get(oi)
                 if (src.name if src is not None else None) != orig_producers.get(oi):
+                    act = orig_producer_nodes.get(oi)
+                    if act is None or act.op_type not in _FOLDED_ACTIVATIONS:
+                        continue  # not a case we can restore: keep the dequantized input
+                    if oi not in restored:
+                        restored[oi] = _reapply(g, act, oi, orig_inits, present)
+                    qn.input[i] = restored[oi]
                     continue
             if oi not in present:
                 if oi not in orig_inits:
@@ -226,6 +234,36 @@ def revert_qdq(
             qn.input[i] = oi
     _remove_dead(q)
     return q
+
+
+# Activations that onnxruntime's QDQ quantizer folds into the following QuantizeLinear.
+_FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def _reapply(
+    g: onnx.GraphProto,
+    act: onnx.NodeProto,
+    name: str,
+    orig_inits: Mapping[str, onnx.TensorProto],
+    present: set[str],
+) -> str:
+    """Append a copy of ``act`` that reads ``name`` (its input's value) and return its output."""
+    out = f"{name}_fp32_restored"
+    node = onnx.NodeProto()
+    node.CopyFrom(act)
+    node.name = f"{act.name}_restored"
+    node.input[0] = name
+    for extra in node.input[1:]:  # Clip's min/max: bring the constants along
+        if extra and extra not in present and extra in orig_inits:
+            g.initializer.append(orig_inits[extra])
+            present.add(extra)
+    del node.output[:]
+    node.output.append(out)
+    # Keep topological order: right after the node that writes ``name``.
+    pos = next((k + 1 for k, n in enumerate(g.node) if name in n.output), 0)
+    g.node.insert(pos, node)
+    present.add(out)
+    return out
 
 
 def _remove_dead(model: onnx.ModelProto) -> None:

@@ -298,6 +298,43 @@ def _drop_unused_initializers(graph: onnx.GraphProto, names: Iterable[str]) -> N
 # -- static INT8 ----------------------------------------------------------------------------
 
 
+# Share of physical memory the histogram calibrators may fill: onnxruntime's entropy and
+# percentile calibration keep every intermediate tensor of every sample until the end.
+HISTOGRAM_MEMORY_SHARE = 0.25
+
+
+def _activation_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all float intermediate tensors of one inference (from inferred shapes)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return 0
+    total = 0
+    for vi in inferred.graph.value_info:
+        t = vi.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT or not t.HasField("shape"):
+            continue
+        n = 1
+        for d in t.shape.dim:
+            n *= d.dim_value if d.HasField("dim_value") else 1
+        total += 4 * n
+    return total
+
+
+def histogram_sample_cap(model: onnx.ModelProto) -> int | None:
+    """How many calibration samples the histogram calibrators can hold in memory (None: any)."""
+    import os
+
+    per_sample = _activation_bytes(model)
+    if not per_sample:
+        return None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return max(MIN_CALIBRATION_SAMPLES, int(mem * HISTOGRAM_MEMORY_SHARE // per_sample))
+
+
 def _static_op_types() -> list[str]:
     """The op types onnxruntime's quantize_static quantizes by default (QDQ and QLinear)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -371,6 +408,12 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
             "percentile": CalibrationMethod.Percentile,
         }
         op_types = self.op_types if self.op_types is not None else _static_op_types()
+        if self.calibrate_method in ("entropy", "percentile"):
+            cap = histogram_sample_cap(proto)
+            if cap is not None and len(feeds) > cap:
+                log.info("histogram calibration on %d of %d samples (memory)", cap, len(feeds))
+                feeds = feeds[:cap]
+        self.samples_used = len(feeds)
         with tempfile.TemporaryDirectory(prefix="lepton-q-") as tmp, _quiet_root_logger():
             src = Path(tmp) / "in.onnx"
             dst = Path(tmp) / "out.onnx"

@@ -125,12 +125,14 @@ def test_revert_qdq_restores_fp32_layers(mlp_path: Path):
     onnx.checker.check_model(reverted, full_check=True)
     nodes = {n.name: n for n in reverted.graph.node}
     orig = {n.name: n for n in named.graph.node}
-    # Weights are FP32 again; the first MatMul reads the graph input directly. The second
-    # keeps reading the dequantized activation: the quantizer folded the Relu before it into
-    # the quantized range, so the FP32 tensor of that name is the pre-Relu value.
+    # Weights are FP32 again; the first MatMul reads the graph input directly. The quantizer
+    # folded the Relu before the second into the quantized range (the tensor of that name
+    # now holds pre-Relu values), so the revert applies that Relu again in FP32.
     assert nodes[matmuls[0]].input[:] == orig[matmuls[0]].input[:]
     assert nodes[matmuls[1]].input[1] == orig[matmuls[1]].input[1]
-    assert nodes[matmuls[1]].input[0].endswith("DequantizeLinear_Output")
+    restored = nodes[matmuls[1]].input[0]
+    producer = next(n for n in reverted.graph.node if restored in n.output)
+    assert producer.op_type == "Relu" and restored.endswith("_fp32_restored")
     # The reverted graph computes the FP32 MatMuls; fewer DequantizeLinear nodes remain.
     n_dq = sum(n.op_type == "DequantizeLinear" for n in q.graph.node)
     assert sum(n.op_type == "DequantizeLinear" for n in reverted.graph.node) < n_dq
