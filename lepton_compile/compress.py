@@ -358,6 +358,23 @@ def _search_record(
     }
 
 
+def _probe(
+    recs: list[LayerRecord],
+    make: Callable[[Sequence[str]], onnx.ModelProto],
+    ev: Evaluator,
+    ctx: AccuracyContext,
+    t0: float,
+    unprobed: str,
+) -> str:
+    """drop(make([one unit])) for each unit in order, until the time budget is spent."""
+    for r in recs:
+        if time.perf_counter() - t0 > ctx.budget_s:
+            left = sum(x.drop_alone is None for x in recs)
+            return f"time budget {ctx.budget_s:g} s: {left} {unprobed}"
+        r.drop_alone = ev.drop(make((r.name,)))
+    return ""
+
+
 def search_keep(
     kind: str,
     layers: list[tuple[str, str]],
@@ -381,14 +398,10 @@ def search_keep(
     d_full = ev.drop(full)
     if d_full <= ctx.target:
         return SearchResult(full, _search_record(kind, recs, ev, ctx, d_full, d_full, t0))
-    note = ""
+    note = _probe(recs, make, ev, ctx, t0, "layers not probed (ranked last)")
     for r in recs:
-        if time.perf_counter() - t0 > ctx.budget_s:
-            note = f"time budget {ctx.budget_s:g} s: {sum(x.drop_alone is None for x in recs)} "
-            note += "layers not probed (ranked last)"
-            break
-        r.drop_alone = ev.drop(make((r.name,)))
-        r.sensitivity = d_full - r.drop_alone
+        if r.drop_alone is not None:
+            r.sensitivity = d_full - r.drop_alone
     probed = sorted(
         (r for r in recs if r.sensitivity is not None), key=lambda r: -(r.sensitivity or 0.0)
     )
@@ -414,10 +427,6 @@ def search_keep(
             f"{kind}: the drop stays {cache[hi][0]:.4f} > {ctx.target:.4f} even with every "
             "layer kept uncompressed"
         )
-    if hi == len(names):
-        raise CompressionFailed(
-            f"{kind}: every layer had to stay uncompressed to meet the target {ctx.target:.4g}"
-        )
     lo = hi // 2  # attempt(lo) > target (or lo == 0)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -425,6 +434,10 @@ def search_keep(
             hi = mid
         else:
             lo = mid
+    if hi == len(names):
+        raise CompressionFailed(
+            f"{kind}: every layer had to stay uncompressed to meet the target {ctx.target:.4g}"
+        )
     kept = set(names[:hi])
     for r in recs:
         r.compressed = r.name not in kept
@@ -454,15 +467,9 @@ def search_prune(
     d_full = ev.drop(full)
     if d_full <= ctx.target:
         return SearchResult(full, _search_record(kind, recs, ev, ctx, d_full, d_full, t0))
-    note = ""
+    note = _probe(recs, make, ev, ctx, t0, "units not probed (left unpruned)")
     for r in recs:
-        if time.perf_counter() - t0 > ctx.budget_s:
-            note = f"time budget {ctx.budget_s:g} s: {sum(x.drop_alone is None for x in recs)} "
-            note += "units not probed (left unpruned)"
-            break
-        d = ev.drop(make((r.name,)))
-        r.drop_alone = d  # here: the drop with this unit alone pruned
-        r.sensitivity = d
+        r.sensitivity = r.drop_alone  # here: the drop with this unit alone pruned
     probed = sorted(
         (r for r in recs if r.sensitivity is not None and r.sensitivity <= ctx.target),
         key=lambda r: r.sensitivity or 0.0,

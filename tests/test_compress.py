@@ -70,6 +70,25 @@ def test_search_keep_fails_when_nothing_meets_the_target():
         compress.search_keep("q", [], make, ev, compress.AccuracyContext())  # type: ignore[arg-type]
 
 
+def test_search_keep_finds_a_small_set_past_an_overshoot():
+    # 5 layers: the doubling search tries 1, 2, 4, then 8 -> 5 (all); the answer is 3.
+    damage = {"a": 0.01, "b": 0.01, "c": 0.01, "d": 0.001, "e": 0.001}
+    ev = FakeEvaluator(damage)
+    ctx = compress.AccuracyContext(max_drop=0.003, margin=1.0)
+    res = compress.search_keep(
+        "q", [(n, "Conv") for n in damage], _keep_maker(list(damage)), ev, ctx
+    )  # type: ignore[arg-type]
+    assert set(res.record["layers_kept"]) == {"a", "b", "c"}
+    with pytest.raises(compress.CompressionFailed, match="every layer had to stay"):
+        compress.search_keep(
+            "q",
+            [(n, "Conv") for n in damage],
+            _keep_maker(list(damage)),
+            FakeEvaluator(damage),  # type: ignore[arg-type]
+            compress.AccuracyContext(max_drop=0.0005, margin=1.0),
+        )
+
+
 def test_search_keep_budget_ranks_unprobed_layers_last():
     damage = {f"l{i}": 0.004 for i in range(6)}
     ev = FakeEvaluator(damage)
