@@ -202,6 +202,33 @@ STEPS: dict[str, Step] = {
 }
 
 
+# Ops that mark a model as quantized already: compressing it again is not our call.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulNBits",
+        "DynamicQuantizeLSTM",
+        "DynamicQuantizeMatMul",
+        "QAttention",
+    }
+)
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Count of quantized ops in the main graph (empty for a float model)."""
+    found: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OPS:
+            found[n.op_type] = found.get(n.op_type, 0) + 1
+    return found
+
+
 def apply(
     step: str,
     model: onnx.ModelProto,
@@ -214,6 +241,11 @@ def apply(
     if step not in STEPS:
         raise ValueError(f"unknown compression step {step!r} (known: {', '.join(STEPS)})")
     spec = STEPS[step]
+    if spec.kind == "quantize":
+        q = quantized_ops(model)
+        if q:
+            ops = ", ".join(f"{n} {k}" for k, n in sorted(q.items(), key=lambda x: -x[1]))
+            raise compress.NotApplicable(f"{step}: the model is quantized already ({ops})")
     ev = None
     calibrate, search = list(calibration), list(calibration)
     labels = list(accuracy.labels) if accuracy is not None else []

@@ -307,3 +307,42 @@ def test_mixed_precision_is_reported_layer_by_layer(tmp_path: Path, tinycnn_path
     assert "### int8-mixed" in md and "| layer | op | sensitivity | compressed |" in md
     rep = json.loads((out / "report.json").read_text())
     assert any(s.get("layers") for vv in rep["variants"] for s in (vv["build"].get("steps") or []))
+
+
+def test_cli_metric_from_a_file(tmp_path: Path, mlp_path: Path):
+    from lepton_compile.cli import main
+
+    d = _npz_dir(tmp_path, 6)
+    metric_file = tmp_path / "my_metrics.py"
+    metric_file.write_text(
+        "import numpy as np\n"
+        "def top1(outputs, labels):\n"
+        "    return float(np.mean([o['y'].argmax() == l['label'][0]"
+        " for o, l in zip(outputs, labels)]))\n"
+    )
+    out = tmp_path / "o"
+    args = [str(mlp_path), "--inputs", str(d), "--recipes", "fused", "--quick", "--no-isolate"]
+    assert main([*args, "--metric", f"{metric_file}:top1", "-o", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert "user_metric" in rep["variants"][1]["accuracy"]
+    assert main([*args, "--metric", f"{metric_file}:nope", "-o", str(tmp_path / "x")]) == 2
+    assert main([*args, "--metric", "no_such_module_xyz:f", "-o", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_quantize_steps_skip_a_model_that_is_quantized_already(tmp_path: Path, mlp_path: Path):
+    import onnx_ir as ir
+
+    from lepton_compile import intake, steps
+    from lepton_compile.passes.quantize import QuantizeDynamicInt8Pass
+
+    loaded = intake.load_model(mlp_path, {"x": [1, 32]})
+    q = ir.serde.serialize_model(
+        QuantizeDynamicInt8Pass()(ir.serde.deserialize_model(loaded.model)).model
+    )
+    assert steps.quantized_ops(q).get("MatMulInteger") == 2
+    for step in ("fp16", "int8-dynamic", "int4-weight"):
+        with pytest.raises(compress.NotApplicable, match="quantized already"):
+            steps.apply(step, q, q, [], {}, None)
+    # Pruning is not quantization: a float model's weights are still fair game.
+    assert steps.quantized_ops(loaded.model) == {}

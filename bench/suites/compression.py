@@ -45,8 +45,9 @@ DEFAULT_MODELS = [
     "picodet-layout",  # detector
     "ppocrv4-det",  # text detector (segmentation head)
     "ppocrv4-rec",  # OCR recognizer
-    "ddddocr-ocr",  # OCR recognizer (CRNN)
+    "ddddocr-ocr-beta",  # OCR recognizer (CRNN with an LSTM), FP32
     "minilm-l6",  # transformer encoder
+    "ddddocr-ocr",  # the same CRNN shipped INT8-quantized already: quantizing is skipped
 ]
 DEFAULT_RECIPES = [
     "fused",  # the graph passes alone: what the compression recipes start from
