@@ -148,6 +148,7 @@ def run_one(name: str, recipes: list[str], quick: bool, budget_s: float) -> dict
         "kind": spec.kind,
         "input_shapes": spec.input_shapes,
         "wall_s": round(wall, 1),
+        "ort_default_status": by["ort-default-int8"]["status"],
         "ort_default_passes": ort_ok,
         "ours_passing": ours_ok,
         "ours_passing_and_smaller": smaller_ok,
@@ -158,7 +159,9 @@ def run_one(name: str, recipes: list[str], quick: bool, budget_s: float) -> dict
         "%s: %.0f s; ORT default %s; ours passing and smaller: %s",
         name,
         wall,
-        "passes" if ort_ok else f"fails ({by['ort-default-int8']['reason']})",
+        "passes"
+        if ort_ok
+        else f"{by['ort-default-int8']['status']} ({by['ort-default-int8']['reason']})",
         ", ".join(smaller_ok) or "none",
     )
     return out
