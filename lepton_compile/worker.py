@@ -129,15 +129,21 @@ def _serve(conn: Connection, memory_limit: int | None) -> None:
             return
         method, args = msg
         try:
-            result = getattr(handler, method)(*args)
-            conn.send(("ok", result))
+            reply: tuple = ("ok", getattr(handler, method)(*args))
         except MemoryError:
-            conn.send(("err", "oom", "out of memory"))
+            reply = ("err", "oom", "out of memory")
         except BaseException as e:  # report everything; the parent decides
-            kind = _kind(e)
-            text = _one_line(e)
             log.debug("worker %s failed:\n%s", method, traceback.format_exc())
-            conn.send(("err", kind, text))
+            reply = ("err", _kind(e), _one_line(e))
+        try:
+            try:
+                conn.send(reply)
+            except (BrokenPipeError, EOFError, OSError):
+                raise
+            except Exception as e:  # the result could not be pickled
+                conn.send(("err", "error", f"result not transferable: {_one_line(e)}"))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the parent has gone (timed out, interrupted): nothing left to tell
 
 
 def _kind(e: BaseException) -> str:
