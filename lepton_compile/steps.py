@@ -202,6 +202,9 @@ STEPS: dict[str, Step] = {
 }
 
 
+# Samples each accuracy-search probe runs (the last ones of the calibration set).
+MAX_SEARCH_SAMPLES = 16
+
 # Ops that mark a model as quantized already: compressing it again is not our call.
 QUANTIZED_OPS = frozenset(
     {
@@ -255,6 +258,9 @@ def apply(
         k = max(2, len(calibration) // 2)
         calibrate, search = calibrate[:-k], search[-k:]
         labels = labels[-k:] if len(labels) == len(calibration) else []
+    if len(search) > MAX_SEARCH_SAMPLES:  # each probe runs them all: bound the cost
+        search = search[-MAX_SEARCH_SAMPLES:]
+        labels = labels[-MAX_SEARCH_SAMPLES:] if labels else []
     if accuracy is not None:
         ev = compress.Evaluator(original, search, accuracy, spec.evaluator_backend, labels)
     return spec.run(model, calibrate, options, ev, accuracy, step)

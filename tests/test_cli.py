@@ -280,3 +280,12 @@ def test_internal_error_exit_code(monkeypatch, mlp_path: Path, capsys):
     monkeypatch.setattr(engine, "compile", broken)
     assert main([str(mlp_path)]) == 3
     assert "internal error" in capsys.readouterr().err
+
+
+def test_recipes_subcommand_lists_recipes_and_groups(capsys):
+    from lepton_compile.recipes import ALIASES, RECIPES
+
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in [*RECIPES, *ALIASES]:
+        assert name in out
