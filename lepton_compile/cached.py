@@ -90,6 +90,14 @@ class VariantCache:
             v.measurement = _unpickle(value.get("measurement"))
         v.cache = {"hit": True, "measurement_reused": with_measurement, "key": self.key(v)[:16]}
 
+    def _labels(self, v: Any) -> dict[str, str]:
+        """What `cache list` shows of an entry."""
+        return {
+            "model": self.common.get("model_sha256", "")[:16],
+            "recipe": v.recipe.name,
+            "backend": f"{v.backend}-{v.device}",
+        }
+
     def save(self, v: Any) -> None:
         if self.enabled and v.status == "skipped" and v.build.get("skip") == "deterministic":
             self.store.put(
@@ -101,11 +109,7 @@ class VariantCache:
                     "deterministic": True,
                     "size_bytes": 0,
                 },
-                {
-                    "model": self.common.get("model_sha256", "")[:16],
-                    "recipe": v.recipe.name,
-                    "backend": f"{v.backend}-{v.device}",
-                },
+                self._labels(v),
             )
             return
         if not self.enabled or v.status not in _REUSABLE or v.artifact is None or not self.dir:
@@ -138,11 +142,7 @@ class VariantCache:
                 "fidelity": _pickle(v.fidelity),
                 "measurement": _pickle(v.measurement),
             },
-            {
-                "model": self.common.get("model_sha256", "")[:16],
-                "recipe": v.recipe.name,
-                "backend": f"{v.backend}-{v.device}",
-            },
+            self._labels(v),
         )
 
     def close(self) -> None:

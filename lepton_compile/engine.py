@@ -260,7 +260,7 @@ def compile(
     obs.stage("loading model")
     loaded = intake.load_model(model, input_shapes)
     feeds = inputs.prepare(loaded, inputs_dir, calibration_samples, eval_samples, seed)
-    chosen, skipped_recipes = _check_calibration(chosen, feeds, explicit=recipes is not None)
+    skipped_recipes = _check_calibration(chosen, feeds, explicit=recipes is not None)
     if metric is not None and (
         not feeds.labels or len(feeds.labels) != len(feeds.eval) or not all(feeds.labels)
     ):
@@ -423,20 +423,22 @@ def compile(
 
 def _check_calibration(
     chosen: list[recipe_lib.Recipe], feeds: inputs.InputSet, explicit: bool
-) -> tuple[list[recipe_lib.Recipe], dict[str, str]]:
-    """Recipes that calibrate need enough samples: an error if the user named them, else skip."""
+) -> dict[str, str]:
+    """Recipes that calibrate need enough samples: an error if the user named them, else the
+    reason each is skipped, by recipe name."""
+    from lepton_compile.passes.quantize import MIN_CALIBRATION_SAMPLES as need
+
     n = len(feeds.calibration)
-    need = recipe_lib.MIN_CALIBRATION_SAMPLES
     short = [r for r in chosen if r.needs_calibration and n < need]
     if not short:
-        return chosen, {}
+        return {}
     msg = (
         f"{n} calibration sample(s); calibrated recipes need at least {need} "
         "(add .npz files to --inputs or raise --calibration-samples)"
     )
     if explicit:
         raise InputError(f"{', '.join(r.name for r in short)}: {msg}")
-    return chosen, {r.name: f"not built: {msg}" for r in short}
+    return {r.name: f"not built: {msg}" for r in short}
 
 
 def _add_roofline(

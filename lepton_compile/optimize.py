@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,21 +150,12 @@ def load(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = No
     return Loaded(model, notes, fixed, declared)
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def op_counts(model: onnx.ModelProto) -> Counter[str]:
     """Nodes per op type in the graph and its subgraphs (as the pass records count them)."""
+    from lepton_compile.passes.verify import proto_graphs
+
     counts: Counter[str] = Counter()
-    for graph in _graphs(model.graph):
+    for graph in proto_graphs(model.graph):
         for node in graph.node:
             default = node.domain in ("", "ai.onnx")
             counts[node.op_type if default else f"{node.domain}::{node.op_type}"] += 1

@@ -227,7 +227,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "quantize": tuple(n for n, r in RECIPES.items() if r.group == "quantize"),
     "prune": tuple(n for n, r in RECIPES.items() if r.group == "prune"),
 }
-MIN_CALIBRATION_SAMPLES = 2
 
 
 def resolve(names: Sequence[str | Recipe] | None) -> list[Recipe]:

@@ -39,114 +39,91 @@ class Step:
     evaluator_backend: str = "ort"  # what runs candidates during the search
 
 
-def _quant_step(
-    model: onnx.ModelProto,
-    calibration: Feeds,
-    options: Mapping[str, Any],
-    factory: Callable[..., Any],
+def _build(pass_: Any, named: onnx.ModelProto) -> onnx.ModelProto:
+    return _proto(pass_(ir.serde.deserialize_model(named)))
+
+
+def _finish(
+    name: str,
+    units: list[tuple[str, str]],
+    full: onnx.ModelProto,
+    make: Callable[[Sequence[str]], onnx.ModelProto],
     ev: compress.Evaluator | None,
     ctx: compress.AccuracyContext | None,
-    name: str,
-    qdq: bool,
+    search: Callable[..., compress.SearchResult],
+    count_key: str,
+    details: Mapping[str, dict[str, Any]] | None = None,
 ) -> compress.SearchResult:
-    from lepton_compile.passes.quantize import ensure_node_names
-
-    named = ensure_node_names(model)
-    probe = factory(**options)
-    layers = probe.candidates(named)
-    if not layers:
-        raise compress.NotApplicable(f"{name}: nothing in this model to quantize")
-    ops = _op_types(named)
-    full = _proto(factory(**options)(ir.serde.deserialize_model(named)))
-
-    def make(kept: Sequence[str]) -> onnx.ModelProto:
-        if not kept:
-            return full
-        if qdq:
-            reverted = compress.revert_qdq(full, named, kept)
-            if reverted is not None:
-                return reverted
-        p = factory(**{**options, "nodes_to_exclude": tuple(kept)})
-        return _proto(p(ir.serde.deserialize_model(named)))
-
-    pairs = [(n, ops.get(n, "?")) for n in layers]
+    """Everything compressed (no accuracy context), else the layer search."""
     if ev is None or ctx is None:
-        rec = {"name": name, "modified": True, "layers_compressed": len(pairs)}
-        return compress.SearchResult(full, rec)
-    return compress.search_keep(name, pairs, make, ev, ctx)
+        return compress.SearchResult(full, {"name": name, "modified": True, count_key: len(units)})
+    return search(name, units, make, ev, ctx, details)
 
 
-def _static(cls: str = "QuantizeStaticInt8Pass", qdq: bool = True) -> Any:
-    def run(model, calibration_, options, ev, ctx, name):  # type: ignore[no-untyped-def]
+def _quantize(cls: str, calibrated: bool = False, qdq: bool = False) -> Callable[..., Any]:
+    """A quantize step over ``passes.quantize.<cls>``; ``qdq``: revert layers by graph edit."""
+
+    def run(model, calibration, options, ev, ctx, name):  # type: ignore[no-untyped-def]
         from lepton_compile.passes import quantize
 
         klass = getattr(quantize, cls)
-        return _quant_step(
-            model,
-            calibration_,
-            options,
-            lambda **o: klass(calibration_, **o),
-            ev,
-            ctx,
-            name,
-            qdq,
-        )
+
+        def factory(**o: Any) -> Any:
+            return klass(calibration, **o) if calibrated else klass(**o)
+
+        named = quantize.ensure_node_names(model)
+        every = factory(**options)
+        layers = every.candidates(named)
+        if not layers:
+            raise compress.NotApplicable(f"{name}: nothing in this model to quantize")
+        full = _build(every, named)
+
+        def make(kept: Sequence[str]) -> onnx.ModelProto:
+            if not kept:
+                return full
+            if qdq:
+                reverted = compress.revert_qdq(full, named, kept)
+                if reverted is not None:
+                    return reverted
+            return _build(factory(**{**options, "nodes_to_exclude": tuple(kept)}), named)
+
+        ops = _op_types(named)
+        units = [(n, ops.get(n, "?")) for n in layers]
+        return _finish(name, units, full, make, ev, ctx, compress.search_keep, "layers_compressed")
 
     return run
 
 
-def _plain(cls: str, qdq: bool = False) -> Any:
-    def run(model, calibration_, options, ev, ctx, name):  # type: ignore[no-untyped-def]
-        from lepton_compile.passes import quantize
+def _prune_layers(cls: str) -> Callable[..., Any]:
+    """A prune step over ``passes.prune.<cls>`` (magnitude, 2:4), layer by layer."""
 
-        klass = getattr(quantize, cls)
-        return _quant_step(model, calibration_, options, klass, ev, ctx, name, qdq)
+    def run(model, calibration, options, ev, ctx, name):  # type: ignore[no-untyped-def]
+        from lepton_compile.passes import prune
+        from lepton_compile.passes.quantize import ensure_node_names
+
+        named = ensure_node_names(model)
+        klass = getattr(prune, cls)
+        every = klass(**options)
+        full = _build(every, named)  # every eligible layer pruned; its report names them
+        layers = [r["node"] for r in every.report if not r.get("skipped")]
+        if not layers:
+            raise compress.NotApplicable(f"{name}: no Conv/Gemm/MatMul weight to prune")
+
+        def make(pruned: Sequence[str]) -> onnx.ModelProto:
+            if set(pruned) == set(layers):
+                return full
+            keep = tuple(n for n in layers if n not in set(pruned))
+            return _build(klass(**{**options, "nodes_to_exclude": keep}), named)
+
+        ops = _op_types(named)
+        units = [(n, ops.get(n, "?")) for n in layers]
+        return _finish(name, units, full, make, ev, ctx, compress.search_prune, "layers_pruned")
 
     return run
 
 
-def _prune_layers(
-    model: onnx.ModelProto,
-    calibration: Feeds,
-    options: Mapping[str, Any],
-    ev: compress.Evaluator | None,
-    ctx: compress.AccuracyContext | None,
-    name: str,
-    cls: str,
-) -> compress.SearchResult:
-    from lepton_compile.passes import prune
-    from lepton_compile.passes.quantize import ensure_node_names
-
-    named = ensure_node_names(model)
-    klass = getattr(prune, cls)
-    probe = klass(**options)
-    probe(ir.serde.deserialize_model(named))
-    layers = [r["node"] for r in probe.report if not r.get("skipped")]
-    if not layers:
-        raise compress.NotApplicable(f"{name}: no Conv/Gemm/MatMul weight to prune")
-    ops = _op_types(named)
-
-    def make(pruned: Sequence[str]) -> onnx.ModelProto:
-        keep = tuple(n for n in layers if n not in set(pruned))
-        p = klass(**{**options, "nodes_to_exclude": keep})
-        return _proto(p(ir.serde.deserialize_model(named)))
-
-    pairs = [(n, ops.get(n, "?")) for n in layers]
-    if ev is None or ctx is None:
-        return compress.SearchResult(
-            make(layers), {"name": name, "modified": True, "layers_pruned": len(layers)}
-        )
-    return compress.search_prune(name, pairs, make, ev, ctx)
-
-
-def _prune_channels(
-    model: onnx.ModelProto,
-    calibration: Feeds,
-    options: Mapping[str, Any],
-    ev: compress.Evaluator | None,
-    ctx: compress.AccuracyContext | None,
-    name: str,
-) -> compress.SearchResult:
+def _prune_channels(model, calibration, options, ev, ctx, name):  # type: ignore[no-untyped-def]
+    """Structured channel pruning, channel group by channel group."""
     from lepton_compile.passes import prune
     from lepton_compile.passes.quantize import ensure_node_names
 
@@ -156,47 +133,38 @@ def _prune_channels(
     groups = [g for g in prune.channel_groups(named) if g.prunable]
     if not groups:
         raise compress.NotApplicable(f"{name}: no channel group can be pruned safely")
-    details = {g.id: {"channels": g.channels} for g in groups}
 
     def make(pruned: Sequence[str]) -> onnx.ModelProto:
         ratios = {g: ratio for g in pruned}
-        p = prune.StructuredChannelPrunePass(ratios=ratios, **opts)
-        return _proto(p(ir.serde.deserialize_model(named)))
+        return _build(prune.StructuredChannelPrunePass(ratios=ratios, **opts), named)
 
     units = [(g.id, "channel group") for g in groups]
-    if ev is None or ctx is None:
-        return compress.SearchResult(
-            make([g.id for g in groups]),
-            {"name": name, "modified": True, "groups_pruned": len(groups)},
-        )
-    return compress.search_prune(name, units, make, ev, ctx, details)
+    full = make([g.id for g in groups])
+    details = {g.id: {"channels": g.channels} for g in groups}
+    return _finish(
+        name, units, full, make, ev, ctx, compress.search_prune, "groups_pruned", details
+    )
+
+
+def _q(name: str, cls: str, calibrated: bool = False, qdq: bool = False, **kw: Any) -> Step:
+    return Step(name, "quantize", calibrated, _quantize(cls, calibrated, qdq), **kw)
 
 
 STEPS: dict[str, Step] = {
     s.name: s
     for s in [
-        Step("fp16", "quantize", False, _plain("Float16Pass")),
+        _q("fp16", "Float16Pass"),
         # onnxruntime's CPU provider has BF16 kernels for few ops: the search runs candidates
         # on the lepton backend (torch), which is also the only backend the recipe targets.
-        Step("bf16", "quantize", False, _plain("BFloat16Pass"), evaluator_backend="lepton"),
-        Step("int8-static", "quantize", True, _static()),
-        Step("int8-dynamic", "quantize", False, _plain("QuantizeDynamicInt8Pass")),
+        _q("bf16", "BFloat16Pass", evaluator_backend="lepton"),
+        _q("int8-static", "QuantizeStaticInt8Pass", calibrated=True, qdq=True),
+        _q("int8-dynamic", "QuantizeDynamicInt8Pass"),
         # FP8 QDQ sits before a Relu/Clip where onnxruntime would drop or reject the pattern,
         # so reverting a layer is a rebuild with nodes_to_exclude, not a graph edit.
-        Step("fp8", "quantize", True, _static("QuantizeFP8Pass", qdq=False)),
-        Step("int4-weight", "quantize", False, _plain("QuantizeInt4WeightOnlyPass")),
-        Step(
-            "prune-magnitude",
-            "prune",
-            False,
-            lambda m, c, o, e, x, n: _prune_layers(m, c, o, e, x, n, "MagnitudePrunePass"),
-        ),
-        Step(
-            "prune-2of4",
-            "prune",
-            False,
-            lambda m, c, o, e, x, n: _prune_layers(m, c, o, e, x, n, "SemiStructured24Pass"),
-        ),
+        _q("fp8", "QuantizeFP8Pass", calibrated=True),
+        _q("int4-weight", "QuantizeInt4WeightOnlyPass"),
+        Step("prune-magnitude", "prune", False, _prune_layers("MagnitudePrunePass")),
+        Step("prune-2of4", "prune", False, _prune_layers("SemiStructured24Pass")),
         Step("prune-channels", "prune", False, _prune_channels),
     ]
 }

@@ -175,11 +175,7 @@ class MagnitudePrunePass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         model = model.clone()
         labels = _node_labels(model.graph)
-        users: dict[ir.Value, list[ir.Node]] = {}
-        for node in model.graph:
-            weight = _weight_input(node, self.op_types)
-            if weight is not None:
-                users.setdefault(weight, []).append(node)
+        users = _weight_users(model.graph, self.op_types)
         records: dict[ir.Node, dict] = {}
         selected: dict[ir.Value, np.ndarray] = {}
         for weight, nodes in users.items():
@@ -227,6 +223,16 @@ class MagnitudePrunePass(ir.passes.FunctionalPass):
             start += array.size
             out[weight] = np.where(part, np.zeros((), array.dtype), array)
         return out
+
+
+def _weight_users(graph: ir.Graph, op_types: Sequence[str]) -> dict[ir.Value, list[ir.Node]]:
+    """Each constant weight of the given ops -> the nodes that read it as their weight."""
+    users: dict[ir.Value, list[ir.Node]] = {}
+    for node in graph:
+        weight = _weight_input(node, op_types)
+        if weight is not None:
+            users.setdefault(weight, []).append(node)
+    return users
 
 
 def _count(fraction: float, size: int) -> int:
@@ -319,11 +325,7 @@ class SemiStructured24Pass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         model = model.clone()
         labels = _node_labels(model.graph)
-        users: dict[ir.Value, list[ir.Node]] = {}
-        for node in model.graph:
-            weight = _weight_input(node, ("Conv", "Gemm", "MatMul"))
-            if weight is not None:
-                users.setdefault(weight, []).append(node)
+        users = _weight_users(model.graph, ("Conv", "Gemm", "MatMul"))
         records: dict[ir.Node, dict] = {}
         modified = False
         for weight, nodes in users.items():

@@ -172,27 +172,28 @@ def _session(model: onnx.ModelProto | bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph below it (If/Loop/Scan bodies), depth first."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
+                yield from proto_graphs(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _graphs(g)
+                    yield from proto_graphs(g)
 
 
 def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Nodes of the main graph, its subgraphs and the model-local functions."""
-    for graph in _graphs(model.graph):
+    for graph in proto_graphs(model.graph):
         yield from graph.node
     for function in model.functions:
         for node in function.node:
             yield node
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
-                    for g in _graphs(attr.g):
+                    for g in proto_graphs(attr.g):
                         yield from g.node
 
 
@@ -215,7 +216,7 @@ def duplicate_outputs(model: onnx.ModelProto) -> list[str]:
     may pass or fail by luck. Checked on its own so that the verdict is deterministic.
     """
     found = []
-    for graph in _graphs(model.graph):
+    for graph in proto_graphs(model.graph):
         names = [o.name for o in graph.output]
         found += sorted({f"{graph.name or 'graph'}/{n}" for n in names if names.count(n) > 1})
     return found
@@ -234,7 +235,7 @@ def _gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
                 if attr.name == "value":
                     sizes[node.output[0]] = tuple(attr.t.dims)
     bounds: dict[str, int] = {}
-    for graph in _graphs(model.graph):
+    for graph in proto_graphs(model.graph):
         for node in graph.node:
             if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
                 continue
