@@ -152,12 +152,14 @@ def result_key(
 ) -> str:
     """``cache_key`` of the standard parts. ``device_record`` is reduced with
     ``bench.device.record_key`` (what makes figures comparable, not clocks or temperatures);
-    ``versions`` defaults to the record's package versions plus lepton-compile's own."""
-    from lepton_compile.bench.device import package_versions, record_key
+    ``versions`` defaults to the record's package versions plus lepton-compile's own version
+    and source fingerprint (``bench.device.own_version``)."""
+    from lepton_compile.bench.device import own_version, package_versions, record_key
 
     if versions is None:
         versions = dict(device_record.get("packages") or package_versions())
-        versions["lepton-compile"] = package_versions(["lepton-compile"])["lepton-compile"]
+        # The version string stays the same while the code changes: key on the code too.
+        versions["lepton-compile"] = own_version()
     return cache_key(
         model_sha256=model_sha256,
         recipe=recipe,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -122,6 +124,53 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+# The import packages whose code makes lepton-compile's results: in an editable install the
+# subpackages live in their own folders (setuptools package-dir), so each is looked up.
+_OWN_PACKAGES = (
+    "lepton_compile",
+    "lepton_compile.passes",
+    "lepton_compile.kernels",
+    "lepton_compile.bench",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint(roots: tuple[str, ...] | None = None) -> str:
+    """sha256 (hex, 16 digits) of lepton-compile's own Python sources, path and bytes.
+
+    A version string does not change when a pass is edited; this does, so results cached by
+    one state of the code are never handed back by another. ``roots`` (folders) is for tests;
+    by default the folders of the installed packages are read, importing nothing.
+    """
+    if roots is None:
+        found = []
+        for name in _OWN_PACKAGES:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                spec = None
+            found += list(spec.submodule_search_locations or []) if spec else []
+        roots = tuple(found)
+    files: dict[Path, Path] = {}
+    for root in roots:
+        base = Path(root).resolve()
+        for f in base.rglob("*.py"):
+            files.setdefault(f.resolve(), base)
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f"{files[f].name}/{f.relative_to(files[f])}".encode())
+        h.update(b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def own_version() -> str:
+    """lepton-compile's version with its source fingerprint: ``0.1.0+src.<16 hex>``."""
+    version = package_versions(["lepton-compile"])["lepton-compile"] or "unknown"
+    return f"{version}+src.{source_fingerprint()}"
 
 
 def _try(fn: Callable[..., T], *args: Any) -> T | None:

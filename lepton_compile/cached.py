@@ -30,7 +30,7 @@ from lepton_compile.bench.cache import NullCache, ResultCache, open_cache, resul
 log = logging.getLogger(__name__)
 
 # A variant result is reusable only in these states; a timeout or crash may not repeat.
-_REUSABLE = ("ok", "rejected")
+_REUSABLE = ("ok", "rejected", "dropped")
 
 
 def inputs_fingerprint(feeds: Sequence[dict[str, np.ndarray]]) -> str:
@@ -88,6 +88,11 @@ class VariantCache:
         v.fidelity = _unpickle(value.get("fidelity"))
         if with_measurement:
             v.measurement = _unpickle(value.get("measurement"))
+            v.ratios = _unpickle(value.get("ratios")) or {}
+            v.screen = value.get("screen")
+            v.race = value.get("race") or {}
+        elif v.status == "dropped":
+            v.status, v.reason = "ok", ""  # built and verified; racing is measured anew
         v.cache = {"hit": True, "measurement_reused": with_measurement, "key": self.key(v)[:16]}
 
     def _labels(self, v: Any) -> dict[str, str]:
@@ -114,7 +119,7 @@ class VariantCache:
             return
         if not self.enabled or v.status not in _REUSABLE or v.artifact is None or not self.dir:
             return
-        if v.status == "ok" and v.measurement is None:
+        if v.status in ("ok", "dropped") and v.measurement is None:
             return
         key = self.key(v)
         name = f"{key}.onnx"
@@ -141,6 +146,9 @@ class VariantCache:
                 "artifact": name,
                 "fidelity": _pickle(v.fidelity),
                 "measurement": _pickle(v.measurement),
+                "ratios": _pickle(v.ratios),
+                "screen": v.screen,
+                "race": v.race,
             },
             self._labels(v),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,39 @@ def _backend_choices() -> list[str]:
     return sorted(BACKENDS)
 
 
+def _positive(text: str) -> float:
+    """argparse type: a finite number above zero (inf and nan are not sizes or durations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    """argparse type: a finite number, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number, 0 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
 class _ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -74,7 +108,13 @@ def _compile_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="output directory (default: ./MODEL.lepton); replaced atomically",
+        help="output directory (default: ./MODEL.lepton), written atomically. An earlier "
+        "output of lepton-compile there is replaced; anything else is refused unless --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace whatever is at the output path, even files lepton-compile did not write",
     )
     p.add_argument(
         "--input-shape",
@@ -119,7 +159,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--search-budget-s",
-        type=float,
+        type=_positive,
         default=120.0,
         metavar="S",
         help="time each accuracy-aware recipe (mixed precision, pruning) may spend measuring "
@@ -150,7 +190,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-latency-ms",
-        type=float,
+        type=_positive,
         default=None,
         help="reject variants whose mean latency exceeds this",
     )
@@ -163,7 +203,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cpu-watts",
-        type=float,
+        type=_positive,
         default=None,
         help="CPU package power for the estimate meter (default: from a TDP table)",
     )
@@ -174,7 +214,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--window-s",
-        type=float,
+        type=_positive,
         default=None,
         metavar="S",
         help="seconds per variant per trial (default: 0.25 s with the estimate, "
@@ -182,14 +222,46 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--budget-s",
-        type=float,
+        type=_positive,
         default=None,
         metavar="S",
         help="bound the whole search; what does not fit is reported as skipped",
     )
     p.add_argument(
+        "--min-trials",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="interleaved trials before racing may drop a variant or stop (default: 4; "
+        "2 with --quick)",
+    )
+    p.add_argument(
+        "--max-trials",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="most trials per race; the pick is then reported as undecided if it still is "
+        "(default: 20; 4 with --quick)",
+    )
+    p.add_argument(
+        "--measure-budget-s",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="seconds the measurement of one device may take; trials stop when it is spent "
+        "and the report says whether the pick was decided (default: 60; 10 with --quick)",
+    )
+    p.add_argument(
+        "--screen-factor",
+        type=_non_negative,
+        default=2.0,
+        metavar="X",
+        help="a first single-window screen drops variants more than X times slower than the "
+        "original before the trials (default: 2; 0 turns the screen off)",
+    )
+    p.add_argument(
         "--variant-timeout-s",
-        type=float,
+        type=_positive,
         default=900.0,
         metavar="S",
         help="time limit for each step of a variant (build, verify, measure); a variant past "
@@ -197,7 +269,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--memory-limit-gb",
-        type=float,
+        type=_positive,
         default=None,
         metavar="GB",
         help="address-space limit of each variant's worker process "
@@ -262,7 +334,14 @@ def _gate_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="allowed increase of the accuracy drop, absolute (default: 1%%)",
     )
-    p.add_argument("--output", type=Path, default=None, help="also write the Markdown here")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the Markdown here (an earlier gate output is replaced; any other "
+        "file only with --force)",
+    )
+    p.add_argument("--force", action="store_true", help="replace whatever file is at --output")
     return p
 
 
@@ -339,11 +418,14 @@ def _cmd_compile(argv: Sequence[str]) -> int:
     from lepton_compile.engine import Observer, compile
     from lepton_compile.gate import parse_fraction
     from lepton_compile.intake import parse_shape_arg
+    from lepton_compile.outdir import check_output_dir
 
     shapes = dict(parse_shape_arg(s) for s in args.input_shape)
     max_drop = parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()] if args.recipes else None
     outdir = args.output or Path.cwd() / f"{args.model.stem}.lepton"
+    # Refused before any work: a run of minutes must not end in "cannot write there".
+    check_output_dir(outdir, args.force)
     kwargs = dict(
         input_shapes=shapes,
         objective=args.objective,
@@ -367,6 +449,10 @@ def _cmd_compile(argv: Sequence[str]) -> int:
         seed=args.seed,
         metric=_load_metric(args.metric) if args.metric else None,
         search_budget_s=args.search_budget_s,
+        min_trials=args.min_trials,
+        max_trials=args.max_trials,
+        measure_budget_s=args.measure_budget_s,
+        screen_factor=args.screen_factor or None,
     )
     if args.json or args.quiet:
         result = compile(args.model, observer=Observer(), **kwargs)
@@ -379,7 +465,7 @@ def _cmd_compile(argv: Sequence[str]) -> int:
         )
         with Progress(*cols, console=err, transient=False) as progress:
             result = compile(args.model, observer=_RichObserver(progress), **kwargs)
-    saved = result.save(outdir)
+    saved = result.save(outdir, force=args.force)
     if args.json:
         out.print_json(json.dumps(result.report))
     else:
@@ -392,8 +478,11 @@ def _cmd_compile(argv: Sequence[str]) -> int:
 
 def _cmd_gate(argv: Sequence[str]) -> int:
     args = _gate_parser().parse_args(argv)
-    from lepton_compile.gate import parse_fraction, run_gate
+    from lepton_compile.gate import MARKDOWN_TITLE, parse_fraction, run_gate
+    from lepton_compile.outdir import check_output_text, write_text
 
+    if args.output:
+        check_output_text(args.output, MARKDOWN_TITLE, args.force)
     passed, md = run_gate(
         args.base,
         args.current,
@@ -403,7 +492,10 @@ def _cmd_gate(argv: Sequence[str]) -> int:
     )
     print(md)
     if args.output:
-        args.output.write_text(md, encoding="utf-8")
+        try:
+            write_text(args.output, md)
+        except OSError as e:
+            raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
     return EXIT_OK if passed else EXIT_CONSTRAINTS
 
 
@@ -412,11 +504,20 @@ def _optimize_parser() -> argparse.ArgumentParser:
         prog="lepton-compile optimize",
         description="Run a graph-pass pipeline on an ONNX model and write the result. The "
         "result is checked against the input (onnx.checker, then both models on onnxruntime "
-        "on seeded inputs); a pass that changes the outputs is found, dropped and reported.",
+        "on seeded inputs); a pass that changes the outputs is found, dropped and reported. "
+        "A result that cannot be checked (inputs that cannot be generated, a model "
+        "onnxruntime cannot run) is an error: nothing is written, exit code 2. For the ort "
+        "target the result must also not be slower than the input: both are timed on "
+        "onnxruntime (a few seconds of paired trials), and a pass that makes the model "
+        "slower beyond noise is found, dropped and reported the same way.",
         epilog="examples:\n"
         "  lepton-compile optimize model.onnx -o model.opt.onnx\n"
         "  lepton-compile optimize model.onnx -o out.onnx --input-shape images=1x3x640x640\n"
-        "  lepton-compile optimize model.onnx -o out.onnx --skip fuse-hardswish --json\n",
+        "  lepton-compile optimize model.onnx -o out.onnx --skip fuse-hardswish --json\n"
+        "\n"
+        "exit codes: 0 written, 1 verification failed (even the unchanged model differs),\n"
+        "            2 bad input or usage, a result that cannot be verified, an output path\n"
+        "            that must not be replaced\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", type=Path, help="the ONNX model (never modified)")
@@ -425,7 +526,14 @@ def _optimize_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="output .onnx file (default: ./MODEL.opt.onnx); written atomically",
+        help="output .onnx file (default: ./MODEL.opt.onnx); written atomically. An existing "
+        "file is replaced only if an earlier optimize run wrote it (see --force)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the output file even if lepton-compile did not write it (never the "
+        "input model itself)",
     )
     p.add_argument(
         "--input-shape",
@@ -433,7 +541,9 @@ def _optimize_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=DIMS",
         help="fix an input's shape, e.g. images=1x3x640x640 (repeatable); dimensions not "
-        "fixed stay dynamic and only what is static is folded",
+        "fixed stay dynamic and only what is static is folded. If the fixed shapes alone make "
+        "the model slower on onnxruntime (target ort), they are not applied and the output "
+        "keeps the input's dims (said in the output)",
     )
     p.add_argument(
         "--target",
@@ -455,15 +565,22 @@ def _optimize_parser() -> argparse.ArgumentParser:
         "--no-verify",
         action="store_true",
         help="do not compare the result with the input on onnxruntime (onnx.checker still "
-        "runs); a pass that breaks the model then goes unnoticed",
+        "runs; no speed check either); a pass that breaks the model then goes unnoticed, "
+        "and a model whose outputs cannot be compared is written all the same",
+    )
+    p.add_argument(
+        "--no-speed-check",
+        action="store_true",
+        help="target ort: do not time the result against the input (by default a pass that "
+        "makes the model slower beyond noise on onnxruntime is dropped)",
     )
     p.add_argument(
         "--verify-shape",
         action="append",
         default=[],
         metavar="NAME=DIMS",
-        help="input shape for verification of a still-dynamic model (default: 1 for every "
-        "dynamic dimension)",
+        help="input shape for verification and the speed check of a still-dynamic model "
+        "(default: 1 for every dynamic dimension)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
     p.add_argument("--json", action="store_true", help="print a JSON summary to stdout (no tables)")
@@ -499,7 +616,8 @@ def _print_optimize(run, out: Console) -> None:  # type: ignore[no-untyped-def]
         + (f"pipeline {run.pipeline}" if run.pipeline else "explicit pass list")
     )
     for note in run.notes:
-        out.print(f"[dim]{note}[/]")
+        style = "yellow" if note.startswith("--input-shape not") else "dim"
+        out.print(f"[{style}]{note}[/]")
     ops = Table(title="nodes by op type")
     ops.add_column("op")
     for col in ("before", "after", "change"):
@@ -553,8 +671,26 @@ def _print_optimize(run, out: Console) -> None:  # type: ignore[no-untyped-def]
             out.print(f"[red]verification: failed: {v.reason}[/]")
         for d in v.dropped:
             out.print(f"[yellow]dropped pass {d.name}:[/] {d.reason}")
+        if v.unchanged:
+            out.print(f"[yellow]returned unchanged:[/] {v.unchanged}")
         for note in v.notes:
             out.print(f"[dim]{note}[/]")
+    speed = run.speed or {}
+    final = speed.get("result")
+    if final:
+        lo, hi = final["speed_ci95"]
+        span = f"{lo:.2f}-{hi:.2f}" if lo is not None and hi is not None else "unbounded"
+        out.print(
+            f"[green]speed check: {final['speed']:.2f}x the input's speed[/] (95% CI {span}; "
+            f"{speed['trials']} paired trials x {speed['runs_per_trial']} runs, onnxruntime "
+            f"ENABLE_ALL CPU; {speed['seconds']:.1f} s)"
+        )
+    elif speed.get("status") == "off":
+        out.print(f"[dim]speed check: off ({speed['reason']})[/]")
+    elif speed:
+        out.print(f"[yellow]speed check: {speed.get('reason') or 'not measured'}[/]")
+    for error in speed.get("errors", []):
+        out.print(f"[yellow]speed check: timing failed: {error}[/]")
     if run.output is not None and run.output.exists() and not (v and v.status == "failed"):
         out.print(f"wrote {run.output} ({run.output.stat().st_size:,} bytes)")
 
@@ -579,6 +715,8 @@ def _cmd_optimize(argv: Sequence[str]) -> int:
         verify=not args.no_verify,
         verify_shapes=verify_shapes,
         seed=args.seed,
+        force=args.force,
+        speed_check=not args.no_speed_check,
     )
     if args.json or args.quiet:
         run = optimize_file(args.model, output, **kwargs)
@@ -668,8 +806,8 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", default=None, choices=_backend_choices())
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--meter", choices=["auto", "nvml", "rapl", "estimate"], default="auto")
-    p.add_argument("--cpu-watts", type=float, default=None)
-    p.add_argument("--window-s", type=float, default=None, metavar="S")
+    p.add_argument("--cpu-watts", type=_positive, default=None)
+    p.add_argument("--window-s", type=_positive, default=None, metavar="S")
     p.add_argument("--quick", action="store_true", help="short windows (smoke runs)")
     p.add_argument("--no-isolate", action="store_true")
     p.add_argument(
@@ -677,7 +815,11 @@ def _bench_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="also write the report (report.json/.md/.html) to this directory",
+        help="also write the report (report.json/.md/.html) to this directory; an earlier "
+        "output of lepton-compile there is replaced, anything else refused unless --force",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace whatever is at the -o path"
     )
     p.add_argument("--json", action="store_true", help="print the report JSON")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -691,8 +833,11 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     _setup_logging(args.verbose, err)
     from lepton_compile.engine import compile
     from lepton_compile.intake import parse_shape_arg
+    from lepton_compile.outdir import check_output_dir
     from lepton_compile.report import print_table
 
+    if args.output:
+        check_output_dir(args.output, args.force)
     result = compile(
         args.model,
         input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
@@ -710,7 +855,7 @@ def _cmd_bench(argv: Sequence[str]) -> int:
         eval_samples=1,
     )
     if args.output:
-        result.save(args.output)
+        result.save(args.output, force=args.force)
     if args.json:
         out.print_json(json.dumps(result.report))
     else:

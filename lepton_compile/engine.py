@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -15,14 +14,18 @@ from typing import Any
 
 import onnx
 
-from lepton_compile import accuracy, compress, inputs, intake, search
+from lepton_compile import accuracy, compress, hopeless, inputs, intake, modelio, search
 from lepton_compile import recipes as recipe_lib
 from lepton_compile.bench.energy import get_meter
-from lepton_compile.bench.protocol import Measurement, Protocol, measure
-from lepton_compile.bench.stats import Stats
+from lepton_compile.bench.protocol import Measurement, Protocol
+from lepton_compile.bench.race import RaceRules, race
+from lepton_compile.bench.stats import Ratio, Stats
 from lepton_compile.cached import VariantCache, inputs_fingerprint
 from lepton_compile.errors import InputError
+from lepton_compile.modelio import copy_model, save_model, uses_external_data
+from lepton_compile.outdir import check_output_dir, replace_dir
 from lepton_compile.runtime import default_backends, get_backend
+from lepton_compile.targets import TargetPlan, plan_targets
 from lepton_compile.worker import (
     DEFAULT_TIMEOUT_S,
     VariantWorker,
@@ -33,8 +36,8 @@ from lepton_compile.worker import (
 
 log = logging.getLogger(__name__)
 
-# Models above this size are saved with external data (protobuf's 2 GB message limit).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+# A variant this many times slower than the original in the screen is not measured further.
+DEFAULT_SCREEN_FACTOR = 2.0
 
 
 class Observer:
@@ -70,6 +73,11 @@ class VariantResult:
     pareto: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
     roofline: dict[str, Any] = field(default_factory=dict)
+    # Racing: the screen's figure when screened out, the race's decision record, and the
+    # paired ratios to the original measured in the same trials, by quantity.
+    screen: dict[str, Any] | None = None
+    race: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, Ratio] = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
@@ -98,36 +106,6 @@ class VariantResult:
         log.warning("variant %s %s: %s", self.id, status, reason)
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Write a model atomically (temp name + rename); large ones with external data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
-        onnx.save(model, str(tmp), save_as_external_data=True, location=f"{path.name}.data")
-    else:
-        onnx.save(model, str(tmp))
-    os.replace(tmp, path)
-
-
-def _copy_original(src: Path, dst: Path, uses_external: bool) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if uses_external:
-        save_model(onnx.load(str(src), load_external_data=True), dst)
-    else:
-        shutil.copyfile(src, dst)
-
-
-def _uses_external_data(path: Path) -> bool:
-    m = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    return f"{type(e).__name__}: {text[:300]}"
-
-
 @dataclass
 class CompileResult:
     """What ``compile`` returns: the variants, the pick, the frontier and the report."""
@@ -146,42 +124,34 @@ class CompileResult:
     def pareto(self) -> list[VariantResult]:
         return [v for v in self.variants if v.pareto]
 
-    def save(self, outdir: str | Path) -> Path:
-        """Write best.onnx, variants/, report.json/.md/.html into ``outdir``, atomically."""
+    def save(self, outdir: str | Path, force: bool = False) -> Path:
+        """Write best.onnx, variants/, report.json/.md/.html into ``outdir``, atomically.
+
+        ``outdir`` may be new, empty, or an earlier output of this tool; anything else (the
+        user's own file or directory) raises InputError unless ``force`` is given.
+        """
         from lepton_compile import report as report_mod
 
         out = Path(outdir)
-        parent = out.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-        try:
+        check_output_dir(out, force)
+
+        def fill(stage: Path) -> None:
             (stage / "variants").mkdir()
             for v in self.variants:
                 if v.artifact and v.artifact.exists():
                     dst = stage / "variants" / v.artifact.name
                     if not dst.exists():
-                        shutil.copy2(v.artifact, dst)
-                        data = v.artifact.with_name(v.artifact.name + ".data")
-                        if data.exists():
-                            shutil.copy2(data, stage / "variants" / data.name)
+                        copy_model(v.artifact, dst)
             assert self.best.artifact is not None
-            shutil.copy2(self.best.artifact, stage / "best.onnx")
-            best_data = self.best.artifact.with_name(self.best.artifact.name + ".data")
-            if best_data.exists():
-                # External data is referenced by file name, so best.onnx keeps the variant's name.
-                shutil.copy2(best_data, stage / best_data.name)
-            report_mod.write_all(self.report, stage)
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-                os.replace(out, old / out.name)
-                os.replace(stage, out)
-                shutil.rmtree(old, ignore_errors=True)
+            best = stage / "best.onnx"
+            if uses_external_data(self.best.artifact):
+                # External data is referenced by file name: best.onnx gets its own data file.
+                copy_model(self.best.artifact, best)
             else:
-                os.replace(stage, out)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        return out
+                shutil.copy2(self.best.artifact, best)
+            report_mod.write_all(self.report, stage)
+
+        return replace_dir(out, fill, force)
 
 
 def _backend_devices(name: str) -> list[str]:
@@ -189,14 +159,6 @@ def _backend_devices(name: str) -> list[str]:
         return get_backend(name).devices()
     except ValueError as e:
         raise InputError(f"--backend: {e}") from None
-
-
-def _pick_device(backend_devices: list[str], device: str) -> list[str]:
-    if device == "auto":
-        return ["cuda"] if "cuda" in backend_devices else ["cpu"]
-    if device not in backend_devices:
-        return []
-    return [device]
 
 
 def compile(
@@ -221,18 +183,25 @@ def compile(
     isolate: bool = True,
     variant_timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_limit_bytes: int | None = None,
+    total_memory_bytes: int | None = None,
     budget_s: float | None = None,
     cache: bool = True,
     cache_path: str | Path | None = None,
     observer: Observer | None = None,
     metric: compress.Metric | None = None,
     search_budget_s: float = compress.DEFAULT_SEARCH_BUDGET_S,
+    min_trials: int | None = None,
+    max_trials: int | None = None,
+    measure_budget_s: float | None = None,
+    screen_factor: float | None = DEFAULT_SCREEN_FACTOR,
 ) -> CompileResult:
     """Build, verify and measure variants of ``model``; pick the best for ``objective``.
 
     Each variant runs in its own worker process (``isolate=False`` keeps them in this
     process), with ``variant_timeout_s`` per step and ``memory_limit_bytes`` of address space
-    (default: 80% of physical memory). ``budget_s`` bounds the whole search: what did not fit
+    (default: 80% of physical memory). ``total_memory_bytes`` (default: the same) bounds the
+    resident memory of the workers alive at once: past it, variants are measured in groups.
+    ``budget_s`` bounds the whole search: what did not fit
     is reported as skipped. ``cache`` reuses earlier results of the same model, inputs,
     recipes, device and protocol (``lepton_compile.cached``). Raises ``InputError`` on bad
     input (exit code 2 in the CLI) before anything is written.
@@ -275,27 +244,41 @@ def compile(
         labels=list(feeds.calibration_labels),
         budget_s=search_budget_s,
     )
-    targets = _targets(backends or default_backends(), device)
-    meter_device = "cuda" if any(d == "cuda" for _, d in targets) else "cpu"
-    try:
-        meter_obj = get_meter(meter, device=meter_device, cpu_watts=cpu_watts)
-    except ValueError as e:
-        raise InputError(f"--meter {meter}: {e}") from None
+    requested = tuple(backends or default_backends())
+    plan = plan_targets({b: _backend_devices(b) for b in requested}, requested, device, meter)
+    meters: dict[str, Any] = {}
+    for dev, kind in plan.meters.items():
+        try:
+            meters[dev] = get_meter(kind, device=dev, cpu_watts=cpu_watts)
+        except ValueError as e:
+            raise InputError(f"--meter {meter}: {e}") from None
+    meter_obj = meters[plan.primary]
+    loaded.notes.extend(plan.notes)
     proto = protocol or (Protocol.quick() if quick else Protocol())
     if window_s is not None:
         proto = dataclasses.replace(proto, window_s_override=window_s)
+    rules = race_rules(objective, quick, min_trials, max_trials, measure_budget_s, screen_factor)
     mem = memory_limit_bytes if memory_limit_bytes is not None else default_memory_limit()
 
     tmp = tempfile.TemporaryDirectory(prefix="lepton-")
     work = Path(tmp.name)
     variants = [
         VariantResult(f"{r.name}-{b}-{d}", r, b, d)
-        for b, d in targets
+        for b, d in plan.targets
         for r in chosen
         if r.backends is None or b in r.backends
     ]
     if not variants or variants[0].recipe.name != "original":
         raise InputError("the original must run on the first backend")
+    # Known-hopeless variants (16-bit floats on a CPU without them) are not built unless their
+    # recipe was named; they are reported as skipped, with the reason.
+    hopeless_ids = hopeless.skips(variants, recipe_lib.named(recipes))
+    everything, variants = variants, [v for v in variants if v.id not in hopeless_ids]
+    for v in everything:
+        if v.id in hopeless_ids:
+            v.fail("skipped", hopeless_ids[v.id])
+    # Calibration, reference outputs and pass pipelines that recipes share are computed once.
+    acc_ctx.shared_dir = str(work / "shared")
     # A recipe restricted to backends not in this run (fused-lepton without lepton) is left out.
     chosen = [r for r in chosen if any(v.recipe is r for v in variants)]
     baseline = variants[0]
@@ -309,10 +292,11 @@ def compile(
             "model_sha256": loaded.sha256,
             "device_record": device_at_start,
             "protocol": proto.to_dict(),
+            "race": rules.to_dict(),
             "input_shapes": {s.name: list(s.shape or ()) for s in loaded.inputs},
             "inputs": inputs_fingerprint([*feeds.calibration, *feeds.eval]),
             "max_accuracy_drop": max_accuracy_drop,
-            "meter": meter_obj.name,
+            "meter": {d: m.name for d, m in sorted(meters.items())},
             "search_budget_s": search_budget_s,
             "metric": None
             if metric is None
@@ -343,13 +327,15 @@ def compile(
                 hits,
                 work,
                 proto,
-                meter_obj,
-                meter,
+                rules,
+                plan,
+                meters,
                 cpu_watts,
                 max_accuracy_drop,
                 isolate,
                 variant_timeout_s,
                 mem,
+                total_memory_bytes if total_memory_bytes is not None else mem,
                 budget_s,
                 t_start,
                 obs,
@@ -365,6 +351,7 @@ def compile(
                 vcache.save(v)
     finally:
         vcache.close()
+    variants = everything  # the hopeless ones too, in their place
 
     for v in variants:
         if (
@@ -378,16 +365,21 @@ def compile(
             )
 
     _add_roofline(variants, loaded, device_at_start)
-    front = set(search.pareto_front(variants))
-    for v in variants:
-        v.pareto = v.id in front
+    # Figures compare only within one device and meter: a frontier per device, and the pick
+    # among the primary device's variants.
+    for dev in plan.devices:
+        on_dev = [v for v in variants if v.device == dev]
+        front = set(search.pareto_front(on_dev))
+        for v in on_dev:
+            v.pareto = v.id in front
+    primary = [v for v in variants if v.device == plan.primary]
     if baseline.status == "ok":
-        pick = search.select(variants, baseline.id, objective)
+        pick = search.select(primary, baseline.id, objective)
         best = next(v for v in variants if v.id == pick.id)
         pick_reason = pick.reason
     else:
         # Only --max-latency-ms can reject the baseline; pick the best that met it, if any.
-        ok = [v for v in variants if v.status == "ok"]
+        ok = [v for v in primary if v.status == "ok"]
         if not ok:
             best, pick_reason = baseline, "nothing met the constraints"
         else:
@@ -417,8 +409,29 @@ def compile(
             "memory_limit_bytes": mem,
             "budget_s": budget_s,
         },
+        rules=rules,
     )
     return CompileResult(loaded, variants, baseline, best, pick_reason, objective, rep, work, tmp)
+
+
+def _non_finite_outputs(outputs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of float outputs that hold NaN or inf in any sample."""
+    import numpy as np
+
+    bad: list[str] = []
+    for sample in outputs:
+        for name, value in sample.items():
+            a = np.asarray(value)
+            if a.dtype.kind in "fc" and name not in bad and not np.all(np.isfinite(a)):
+                bad.append(name)
+    return bad
+
+
+def _baseline_error(loaded: intake.LoadedModel, reason: str) -> InputError:
+    """The original fails on its own backend: bad input, said once (not also as a warning)."""
+    return InputError(
+        f"{loaded.path.name}: the original model fails on the default backend: {reason}"
+    )
 
 
 def _check_calibration(
@@ -480,26 +493,172 @@ def _add_roofline(
         v.roofline = entry
 
 
+def race_rules(
+    objective: str,
+    quick: bool,
+    min_trials: int | None,
+    max_trials: int | None,
+    measure_budget_s: float | None,
+    screen_factor: float | None,
+) -> RaceRules:
+    """The racing rules of a run: the defaults (shorter with ``quick``) and the user's flags."""
+    lo, hi, budget = (2, 4, 10.0) if quick else (4, 20, 60.0)
+    lo = min_trials if min_trials is not None else lo
+    hi = max_trials if max_trials is not None else max(hi, lo)
+    try:
+        return RaceRules(
+            objective=objective,
+            min_trials=lo,
+            max_trials=hi,
+            budget_s=measure_budget_s if measure_budget_s is not None else budget,
+            screen_factor=screen_factor,
+        )
+    except ValueError as e:
+        raise InputError(
+            f"--min-trials/--max-trials/--measure-budget-s/--screen-factor: {e}"
+        ) from None
+
+
+def _original_of(group: Sequence[VariantResult]) -> VariantResult:
+    return next(v for v in group if v.recipe.name == "original")
+
+
+def memory_groups(
+    variants: Sequence[VariantResult], rss: Mapping[str, int], limit: int | None
+) -> list[list[VariantResult]]:
+    """Split one device's variants into groups whose workers fit in ``limit`` bytes together.
+
+    Every group holds that device's original (first), so that each variant is measured in the
+    same trials as the original it is judged against. Greedy in the given order; a variant too
+    big to share the limit with the original gets a group of its own with it.
+    """
+    original = _original_of(variants)
+    rest = [v for v in variants if v is not original]
+    if limit is None or sum(rss.get(v.id, 0) for v in variants) <= limit:
+        return [[original, *rest]]
+    groups: list[list[VariantResult]] = []
+    current: list[VariantResult] = [original]
+    used = rss.get(original.id, 0)
+    for v in rest:
+        need = rss.get(v.id, 0)
+        if len(current) > 1 and used + need > limit:
+            groups.append(current)
+            current, used = [original], rss.get(original.id, 0)
+        current.append(v)
+        used += need
+    groups.append(current)
+    return groups
+
+
+def _measure_groups(
+    measured: list[VariantResult],
+    workers: Mapping[str, VariantWorker],
+    plan: TargetPlan,
+    meters: Mapping[str, Any],
+    feed: Mapping[str, Any],
+    proto: Protocol,
+    rules: RaceRules,
+    cpu_watts: float | None,
+    timeout_s: float,
+    total_mem: int | None,
+    deadline: float | None,
+    obs: Observer,
+    notes: list[str],
+) -> dict[str, Measurement]:
+    """Measure the verified variants by racing, one device at a time with that device's meter.
+
+    Within a device, variants race against that device's original (``bench.race``): screened,
+    then interleaved trials until the pick is decided. When their workers together would
+    hold more memory than ``total_mem``, they race in groups (each with the original), and
+    the workers of a finished group are closed first. Each variant's ratios to the original
+    come from the trials it shared with it.
+    """
+    results: dict[str, Measurement] = {}
+    obs.stage("measuring", total=None)
+    for dev in plan.devices:
+        on_dev = [v for v in measured if v.device == dev]
+        if not on_dev:
+            continue
+        meter = meters[dev]
+        rss = {v.id: workers[v.id].rss_bytes() for v in on_dev}
+        groups = memory_groups(on_dev, rss, total_mem)
+        if len(groups) > 1:
+            assert total_mem is not None
+            notes.append(
+                f"{dev}: variants measured in {len(groups)} groups, each with the original, so "
+                f"that the workers alive at once stay under {total_mem / 2**30:.1f} GiB "
+                f"(together they hold {sum(rss.values()) / 2**30:.1f} GiB)"
+            )
+            original = _original_of(on_dev)
+            for v in on_dev:
+                if v is not original:
+                    workers[v.id].suspend()
+        for i, group in enumerate(groups):
+            runners: dict[str, WorkerRunner] = {}
+            for v in group:
+                try:
+                    workers[v.id].resume()
+                    workers[v.id].call(
+                        "set_measurement",
+                        feed,
+                        "estimate" if meter.name == "estimated" else meter.name,
+                        v.device,
+                        cpu_watts,
+                    )
+                    runners[v.id] = WorkerRunner(workers[v.id], timeout_s)
+                except WorkerError as e:
+                    v.fail("failed", f"meter: {e.reason}")
+            original = _original_of(group)
+            if original.id not in runners:
+                continue
+            label = dev if len(groups) == 1 else f"{dev}#{i + 1}"
+
+            def estimate(low: float, high: float, label: str = label) -> None:
+                obs.stage(f"measuring {label} (about {low:.0f}-{high:.0f} s)", total=None)
+                log.info("measuring on %s: about %.0f-%.0f s", label, low, high)
+
+            outcome = race(
+                runners,
+                original.id,
+                meter,
+                proto,
+                rules,
+                label=label,
+                progress=lambda vid, t, n: obs.advance(f"trial {t + 1}: {vid}"),
+                on_estimate=estimate,
+                deadline=deadline,
+            )
+            decision = {"race": label, **outcome.to_dict()}
+            base_m = outcome.measurements[original.id]
+            for v in group:
+                m = outcome.measurements.get(v.id)
+                if m is None:
+                    continue
+                results.setdefault(v.id, m)  # the original keeps its first group's figures
+                v.race = decision
+                if v.id in outcome.screened:
+                    v.screen = outcome.screened[v.id]
+                    v.status, v.reason = "dropped", v.screen["reason"]
+                elif v.id in outcome.dropped:
+                    v.status, v.reason = "dropped", f"dropped by racing: {outcome.dropped[v.id]}"
+                if m.trials and base_m.trials:
+                    v.ratios = {
+                        q: r
+                        for q in ("latency", "energy")
+                        if (r := m.ratio_to(base_m, q)) is not None
+                    }
+            if len(groups) > 1:
+                for v in group[1:]:
+                    workers[v.id].suspend()
+    return results
+
+
 def _objective_value(v: VariantResult, objective: str) -> float:
     if objective == "energy" and v.energy:
         return v.energy.mean
     if objective == "latency" and v.latency:
         return v.latency.mean
     return float(v.size_bytes)
-
-
-def _targets(backends: Sequence[str], device: str) -> list[tuple[str, str]]:
-    out = []
-    for bname in backends:
-        avail = _backend_devices(bname)
-        devs = _pick_device(avail, device)
-        if not devs:
-            raise InputError(
-                f"backend {bname!r} cannot use device {device!r} here "
-                f"(available: {', '.join(avail)})"
-            )
-        out.extend((bname, d) for d in devs)
-    return out
 
 
 def _run_variants(
@@ -510,13 +669,15 @@ def _run_variants(
     hits: Mapping[str, dict[str, Any] | None],
     work: Path,
     proto: Protocol,
-    meter_obj: Any,
-    meter: str,
+    rules: RaceRules,
+    plan: TargetPlan,
+    meters: Mapping[str, Any],
     cpu_watts: float | None,
     max_accuracy_drop: float,
     isolate: bool,
     variant_timeout_s: float,
     mem: int | None,
+    total_mem: int | None,
     budget_s: float | None,
     t_start: float,
     obs: Observer,
@@ -549,6 +710,15 @@ def _run_variants(
                 f"{loaded.path.name}: the original model does not run on the inputs "
                 f"({e.reason}); check --input-shape or pass real inputs with --inputs DIR"
             ) from None
+        bad = _non_finite_outputs(reference)
+        if bad:
+            # Nothing can be verified against NaN or inf: stop before building anything.
+            raise InputError(
+                f"{loaded.path.name}: the original model gives non-finite values (NaN or inf) "
+                f"in output {', '.join(map(repr, bad))} on the "
+                f"{'generated' if feeds.source.startswith('generated') else 'given'} inputs; "
+                "pass real inputs with --inputs DIR"
+            )
 
         metric_ref: float | None = None
         if acc_ctx.metric is not None:
@@ -560,7 +730,6 @@ def _run_variants(
         if any(r.name != "original" for r in chosen):
             save_model(loaded.model, static_path)
         obs.stage("building variants", total=len(chosen))
-        uses_external = _uses_external_data(loaded.path)
         artifacts: dict[str, tuple[Path | None, dict[str, Any], str, str]] = {}
         for r in chosen:
             t0 = time.perf_counter()
@@ -573,7 +742,7 @@ def _run_variants(
                 if r.name in skipped_recipes:
                     raise WorkerError(skipped_recipes[r.name], "skip")
                 if r.name == "original":
-                    _copy_original(loaded.path, art, uses_external)
+                    copy_model(loaded.path, art)
                     steps: list[dict] = []
                 elif cached is not None and cached["artifact_path"] is None:
                     raise WorkerError(cached.get("reason", "skipped"), "skip")
@@ -614,8 +783,7 @@ def _run_variants(
                 v.fail(status, err)
                 continue
             v.artifact = art
-            data = art.with_name(art.name + ".data")
-            v.size_bytes = art.stat().st_size + (data.stat().st_size if data.exists() else 0)
+            v.size_bytes = modelio.size_bytes(art)
 
         obs.stage("verifying", total=len(variants))
         for v in variants:
@@ -632,6 +800,8 @@ def _run_variants(
                 v.session = w.call("load", str(v.artifact), v.backend, v.device, {})
                 outs = w.call("run", feeds.eval)
             except WorkerError as e:
+                if v is baseline:
+                    raise _baseline_error(loaded, f"run: {e.reason}") from None
                 v.fail("skipped" if e.kind == "unsupported" else "failed", f"run: {e.reason}")
                 obs.advance(v.id)
                 continue
@@ -648,37 +818,27 @@ def _run_variants(
                 accuracy.apply_metric(v.fidelity, metric_ref, value, max_accuracy_drop)
             if v.fidelity.passed:
                 v.status = "ok"
+            elif v is baseline:
+                raise _baseline_error(loaded, v.fidelity.reason)
             else:
                 v.fail("rejected", v.fidelity.reason)
             obs.advance(v.id)
-        if baseline.status != "ok":
-            raise InputError(
-                f"{loaded.path.name}: the original model fails on the default backend: "
-                f"{baseline.reason}"
-            )
 
-        measured = [v for v in variants if v.status == "ok"]
-        runners: dict[str, WorkerRunner] = {}
-        for v in measured:
-            try:
-                workers[v.id].call(
-                    "set_measurement",
-                    feeds.eval[0],
-                    meter_obj.name if meter_obj.name != "estimated" else "estimate",
-                    v.device,
-                    cpu_watts,
-                )
-                runners[v.id] = WorkerRunner(workers[v.id], variant_timeout_s)
-            except WorkerError as e:
-                v.fail("failed", f"meter: {e.reason}")
-        obs.stage("measuring", total=len(runners) * proto.trials)
         deadline = None if budget_s is None else t_start + budget_s
-        return measure(
-            runners,
-            meter_obj,
+        return _measure_groups(
+            [v for v in variants if v.status == "ok"],
+            workers,
+            plan,
+            meters,
+            feeds.eval[0],
             proto,
-            deadline=deadline,
-            progress=lambda vid, i, n: obs.advance(f"{vid} trial {i + 1}/{n}"),
+            rules,
+            cpu_watts,
+            variant_timeout_s,
+            total_mem,
+            deadline,
+            obs,
+            loaded.notes,
         )
     finally:
         for w in workers.values():

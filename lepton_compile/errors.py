@@ -1,4 +1,4 @@
-"""Error types that map onto the exit codes: 0 ok, 1 gate or constraints failed, 2 bad input."""
+"""Error types that map onto exit codes: 2 for bad input or usage (the CLI maps the rest)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ class InputError(LeptonError):
     """Bad input or usage: one line for the user, exit code 2, no traceback."""
 
     exit_code = 2
-
-
-class ConstraintError(LeptonError):
-    """Nothing met the constraints, or a gate failed: exit code 1."""
-
-    exit_code = 1
 
 
 class NotSupported(LeptonError):

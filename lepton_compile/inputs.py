@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from lepton_compile.errors import InputError
 from lepton_compile.intake import LoadedModel, TensorSpec
@@ -45,7 +46,7 @@ def _gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
     """Upper bounds for integer inputs used as Gather indices into a constant table (ids)."""
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     for n in model.graph.node:
-        if n.op_type == "Constant":
+        if n.op_type == "Constant" and n.output:
             for a in n.attribute:
                 if a.name == "value":
                     shapes[n.output[0]] = tuple(a.t.dims)
@@ -54,15 +55,25 @@ def _gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
         if n.op_type == "Gather" and len(n.input) == 2 and n.input[0] in shapes:
             axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
             dims = shapes[n.input[0]]
-            if dims:
+            # An axis out of range or an empty table gives no bound: the model then fails
+            # on the runtime with its own message, not here.
+            if -len(dims) <= axis < len(dims) and dims[axis] > 0:
                 size = int(dims[axis])
                 prev = bounds.get(n.input[1])
                 bounds[n.input[1]] = size if prev is None else min(prev, size)
     return bounds
 
 
+def _static_shape(spec: TensorSpec) -> tuple[int, ...]:
+    # Intake made every input static; a symbol left over would be a bug there, not data.
+    dims = spec.shape or ()
+    if not all(isinstance(d, int) for d in dims):
+        raise RuntimeError(f"input {spec.name!r} has no static shape ({list(dims)})")
+    return tuple(int(d) for d in dims if isinstance(d, int))
+
+
 def _generate_one(spec: TensorSpec, rng: np.random.Generator, bounds: dict[str, int]) -> np.ndarray:
-    shape = tuple(int(d) for d in (spec.shape or ()))
+    shape = _static_shape(spec)
     dtype = spec.dtype
     lname = spec.name.lower()
     if dtype == np.bool_:
@@ -89,8 +100,38 @@ def _generate_one(spec: TensorSpec, rng: np.random.Generator, bounds: dict[str, 
     )
 
 
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def _check_generated_size(loaded: LoadedModel, n: int) -> None:
+    """Refuse feeds that cannot fit: a typo in --input-shape must be an error, not a machine
+    that swaps (or a MemoryError from deep inside numpy)."""
+    per_sample = 0
+    for s in loaded.inputs:
+        per_sample += math.prod(_static_shape(s)) * max(1, s.dtype.itemsize)
+    total = per_sample * n
+    # A quarter of memory: the feeds are held beside the model, its variants and the runtime.
+    limit = _memory_bytes() // 4
+    if total > limit:
+        shapes = ", ".join(f"{s.name}={'x'.join(map(str, s.shape or ()))}" for s in loaded.inputs)
+        raise InputError(
+            f"{n} generated input sample(s) of {shapes} would take {_gib(total)}, more than "
+            f"{_gib(limit)} (a quarter of this machine's memory); fix smaller dimensions with "
+            "--input-shape, lower --calibration-samples / --eval-samples, or pass --inputs DIR"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
 def generate(loaded: LoadedModel, n: int, seed: int) -> list[Feed]:
     """n random feeds, dtype- and name-aware (ids within the embedding table, masks of ones)."""
+    _check_generated_size(loaded, n)
     rng = np.random.default_rng(seed)
     bounds = _gather_bounds(loaded.model)
     return [{s.name: _generate_one(s, rng, bounds) for s in loaded.inputs} for _ in range(n)]
@@ -111,7 +152,7 @@ def _check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec], where:
         arr = feed[s.name]
         if arr.dtype != s.dtype:
             raise InputError(f"{where}: {s.name} has dtype {arr.dtype}, the model wants {s.dtype}")
-        want = tuple(int(d) for d in (s.shape or ()))
+        want = _static_shape(s)
         if tuple(arr.shape) != want:
             raise InputError(
                 f"{where}: {s.name} has shape {list(arr.shape)}, the model wants {list(want)} "
@@ -143,17 +184,6 @@ def load_npz_dir(directory: str | Path, loaded: LoadedModel) -> tuple[list[Feed]
     return feeds, labels
 
 
-def load_pb_feed(files: Sequence[str | Path], loaded: LoadedModel) -> Feed:
-    """A feed from serialized TensorProto files (the ONNX test-data layout), in input order."""
-    feed = {}
-    for spec, f in zip(loaded.inputs, files, strict=False):
-        t = onnx.TensorProto()
-        t.ParseFromString(Path(f).read_bytes())
-        feed[spec.name] = numpy_helper.to_array(t)
-    _check_feed(feed, loaded.inputs, str(files[0]) if files else "feed")
-    return feed
-
-
 def prepare(
     loaded: LoadedModel,
     inputs_dir: str | Path | None = None,
@@ -162,7 +192,15 @@ def prepare(
     seed: int = 0,
 ) -> InputSet:
     """Calibration and held-out eval feeds; with user data the eval part is never calibrated on."""
+    if eval_samples < 1:
+        raise InputError(f"--eval-samples must be at least 1 (got {eval_samples})")
+    if calibration_samples < 0:
+        raise InputError(f"--calibration-samples must not be negative (got {calibration_samples})")
+    if seed < 0:
+        # numpy's generators take non-negative seeds only.
+        raise InputError(f"--seed must not be negative (got {seed})")
     if inputs_dir is None:
+        _check_generated_size(loaded, calibration_samples + eval_samples)
         return InputSet(
             calibration=generate(loaded, calibration_samples, seed),
             eval=generate(loaded, eval_samples, seed + 1),

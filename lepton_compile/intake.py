@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import helper, shape_inference, version_converter
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from onnx import helper, numpy_helper, shape_inference
 
+from lepton_compile import modelio
 from lepton_compile.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -131,7 +134,42 @@ def _read_model(path: Path) -> onnx.ModelProto:
     # Protobuf parses many non-ONNX byte strings without complaint; a model needs a graph.
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
         raise InputError(f"{path}: not an ONNX model (no ir_version or no graph outputs)")
+    bad = _non_utf8_field(model)
+    if bad is not None:
+        raise InputError(
+            f"{path}: not a valid ONNX file ({bad} is not UTF-8 text; the file is corrupt)"
+        )
     return model
+
+
+def _non_utf8_field(root: Message) -> str | None:
+    """Where a string field holds bytes that are not UTF-8, or None.
+
+    ONNX strings are UTF-8, but protobuf's proto2 parser accepts any bytes in them and hands
+    such a field back as ``bytes``: a few flipped bytes in a file then surface later, far from
+    the file, as a UnicodeDecodeError inside onnx.checker or a TypeError in a pass.
+    """
+    stack: list[tuple[str, Message]] = [("model", root)]
+    while stack:
+        where, msg = stack.pop()
+        # Field by field rather than ListFields(), which would copy every tensor's raw_data.
+        for fd in msg.DESCRIPTOR.fields:
+            if fd.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+                continue
+            if _is_repeated(fd):
+                items = list(enumerate(getattr(msg, fd.name)))
+            elif fd.type == FieldDescriptor.TYPE_STRING or msg.HasField(fd.name):
+                items = [(None, getattr(msg, fd.name))]
+            else:
+                continue
+            for i, item in items:
+                at = f"{where}.{fd.name}" + (f"[{i}]" if i is not None else "")
+                if fd.type == FieldDescriptor.TYPE_STRING:
+                    if isinstance(item, bytes):
+                        return at
+                else:
+                    stack.append((at, item))
+    return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -139,15 +177,122 @@ def _one_line(e: BaseException) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    # protobuf 7 dropped FieldDescriptor.label; versions before 5 lack is_repeated.
+    flag = getattr(fd, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return fd.label == FieldDescriptor.LABEL_REPEATED
+
+
 def check(model: onnx.ModelProto, path: Path) -> None:
-    """Run onnx.checker; large models are checked from the file (protobuf's 2 GB limit)."""
+    """Run onnx.checker; large models are checked from the file (protobuf's 2 GB limit).
+
+    Whatever the checker raises is about the file, so every failure is bad input: besides
+    ValidationError it raises e.g. UnicodeDecodeError when its message quotes corrupt bytes.
+    """
     try:
         if model.ByteSize() > 2_000_000_000:
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
+    except Exception as e:
         raise InputError(f"{path}: invalid ONNX graph: {_one_line(e)}") from None
+    _check_types(model.graph, path)
+
+
+# Every data type this onnx knows; the checker lets any number through on graph inputs,
+# outputs and initializers, and the driver reads those types.
+_KNOWN_TYPES = frozenset(onnx.TensorProto.DataType.values())
+
+
+def _check_types(graph: onnx.GraphProto, path: Path) -> None:
+    typed = [("input", vi) for vi in graph.input] + [("output", vi) for vi in graph.output]
+    for kind, vi in typed:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in _KNOWN_TYPES:
+            raise InputError(
+                f"{path}: invalid ONNX graph: {kind} {vi.name!r} has unknown data type "
+                f"{vi.type.tensor_type.elem_type}"
+            )
+    for init in graph.initializer:
+        if init.data_type not in _KNOWN_TYPES or init.data_type == onnx.TensorProto.UNDEFINED:
+            raise InputError(
+                f"{path}: invalid ONNX graph: initializer {init.name!r} has unknown data type "
+                f"{init.data_type}"
+            )
+    _check_tensor_data(graph, path)
+
+
+# Sub-byte types are packed: bits per element of the raw data.
+_PACKED_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, name)
+}
+_UNSIZED = {
+    onnx.TensorProto.STRING,
+    *(
+        getattr(onnx.TensorProto, name)
+        for name in ("FLOAT6E2M3", "FLOAT6E3M2")
+        if hasattr(onnx.TensorProto, name)
+    ),
+}
+
+
+def _raw_bytes(data_type: int, count: int) -> int | None:
+    """Bytes of ``count`` elements in raw_data, or None where no fixed size applies."""
+    if data_type in _UNSIZED:
+        return None
+    bits = _PACKED_BITS.get(data_type)
+    if bits is not None:
+        return (count * bits + 7) // 8
+    return count * np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and Constant values of ``graph`` and of the graphs inside its nodes."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.TENSORS:
+                yield from a.tensors
+            elif a.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_tensors(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graph_tensors(g)
+
+
+def _check_tensor_data(graph: onnx.GraphProto, path: Path) -> None:
+    """Each stored tensor holds as much data as its shape and type say.
+
+    onnx.checker does not look: a weight whose data does not fit its shape loads, then
+    breaks whatever reads it (constant folding, the runtime) far from the cause.
+    """
+    for t in _graph_tensors(graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type not in _KNOWN_TYPES:
+            continue  # external data was loaded into raw_data; unknown types are named above
+        what = f"{path}: invalid ONNX graph: tensor {t.name!r}"
+        if any(d < 0 for d in t.dims):
+            raise InputError(f"{what} has a negative dimension {list(t.dims)}")
+        count = math.prod(t.dims)
+        dtype = onnx.TensorProto.DataType.Name(t.data_type)
+        if t.HasField("raw_data"):
+            want = _raw_bytes(t.data_type, count)
+            if want is not None and len(t.raw_data) != want:
+                raise InputError(
+                    f"{what} has {len(t.raw_data)} bytes of data; shape {list(t.dims)} of "
+                    f"{dtype} needs {want}"
+                )
+            continue
+        try:
+            numpy_helper.to_array(t)  # typed fields: rare, and small where they are used
+        except Exception as e:
+            raise InputError(
+                f"{what}: its values do not fit shape {list(t.dims)} of {dtype}: {_one_line(e)}"
+            ) from None
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -225,7 +370,9 @@ def fix_input_shapes(
                         symbols[d] = default_batch
                 else:
                     example = "x".join(
-                        str(x) if isinstance(x, int) and x > 0 else (str(new[0]) if j == 0 else "N")
+                        str(x)
+                        if isinstance(x, int) and x > 0
+                        else (str(new[j]) if j < len(new) else "N")
                         for j, x in enumerate(dims)
                     )
                     raise InputError(
@@ -257,14 +404,6 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as e:  # inference is a help, not a requirement
         log.warning("shape inference failed: %s", _one_line(e))
         return model
-
-
-def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
-    """Convert the default-domain opset up to ``target`` (no-op when already there)."""
-    if default_opset(model) >= target:
-        return model
-    converted = version_converter.convert_version(model, target)
-    return converted
 
 
 def find_score_outputs(model: onnx.ModelProto) -> set[str]:
@@ -311,8 +450,9 @@ def load_model(
     ]
     return LoadedModel(
         path=path,
-        sha256=file_sha256(path),
-        size_bytes=path.stat().st_size,
+        # External data counts: the same graph with other weights is another model.
+        sha256=modelio.model_sha256(path),
+        size_bytes=modelio.size_bytes(path),
         model=model,
         inputs=inputs,
         outputs=outputs,

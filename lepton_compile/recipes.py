@@ -247,6 +247,21 @@ def resolve(names: Sequence[str | Recipe] | None) -> list[Recipe]:
     return list(out.values())
 
 
+def named(names: Sequence[str | Recipe] | None) -> frozenset[str]:
+    """The recipes named one by one (not through a group such as ``default`` or ``quantize``).
+
+    A recipe the user names is built even where it is known to be hopeless
+    (``lepton_compile.hopeless``): naming it says they want to see it.
+    """
+    out: set[str] = set()
+    for n in names or ():
+        if isinstance(n, Recipe):
+            out.add(n.name)
+        elif n not in ALIASES:
+            out.add(n)
+    return frozenset(out)
+
+
 def build(
     recipe: Recipe,
     model: onnx.ModelProto,
@@ -256,20 +271,39 @@ def build(
     """Apply a recipe to a (static-shaped) model; returns the new model and per-step records.
 
     ``accuracy`` (with the calibration feeds) lets an accuracy-aware recipe's compression step
-    search layer by layer; without it the step compresses every layer it can.
+    search layer by layer; without it the step compresses every layer it can. Its
+    ``shared_dir`` lets recipes of one run share their pipeline's result, the reference
+    outputs and calibration ranges (``lepton_compile.shared``).
     """
     from lepton_compile import passes, steps
+    from lepton_compile.shared import SharedStore, key
 
+    store = SharedStore(accuracy.shared_dir if accuracy is not None else None)
     records: list[dict] = []
     current = model
     if recipe.pipeline:
-        res = passes.optimize(current, pipeline=recipe.pipeline, target=recipe.target)
-        current = res.model
-        records.extend(_record(r) for r in res.records)
+        pipeline, target = recipe.pipeline, recipe.target
+
+        def run_pipeline() -> tuple[onnx.ModelProto, list[dict]]:
+            res = passes.optimize(model, pipeline=pipeline, target=target)
+            return res.model, [_record(r) for r in res.records]
+
+        if store.enabled:
+            k = key(store.fingerprint(model), pipeline, target)
+            current, done = store.model(f"pipeline-{pipeline}", k, run_pipeline)
+        else:
+            current, done = run_pipeline()
+        records.extend(done)
     if recipe.precision_pass:
         ctx = accuracy if recipe.accuracy_aware else None
         res = steps.apply(
-            recipe.precision_pass, current, model, calibration, dict(recipe.options), ctx
+            recipe.precision_pass,
+            current,
+            model,
+            calibration,
+            dict(recipe.options),
+            ctx,
+            store=store,
         )
         current = res.model
         records.append({**res.record, "name": recipe.precision_pass})
@@ -280,6 +314,9 @@ def build(
             raise TypeError(f"{recipe.custom_step} returned {type(out).__name__}, not a ModelProto")
         current = out
         records.append({"name": recipe.custom_step, "modified": True})
+    if store.reused:
+        # Computed by an earlier recipe of this run (same model, samples and settings).
+        records.append({"name": "shared with other recipes", "reused": sorted(set(store.reused))})
     return current, records
 
 

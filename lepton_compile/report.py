@@ -6,7 +6,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,12 @@ def _variant_dict(v: VariantResult) -> dict[str, Any]:
     }
     if "protocol" in m:
         d["measurement"] = m["protocol"]
+    # Paired ratios to the original measured in the same trials (< 1: lower than the original).
+    d["ratio_to_original"] = {q: r.to_dict() for q, r in v.ratios.items()} or None
+    if v.screen is not None:
+        d["screen"] = v.screen
+    if v.race:
+        d["race"] = v.race.get("race")
     if v.reason:
         d["reason"] = v.reason
     if v.cache:
@@ -69,6 +74,7 @@ def build_report(
     constraints_met: bool,
     isolation: dict[str, Any] | None = None,
     device_at_start: dict[str, Any] | None = None,
+    rules: Any = None,
 ) -> dict[str, Any]:
     providers = sorted({p for v in variants for p in v.session.get("providers", [])})
     meter_desc = meter.describe()
@@ -81,6 +87,8 @@ def build_report(
         )
     b_lat = baseline.latency.mean if baseline.latency else None
     b_en = baseline.energy.mean if baseline.energy else None
+    # One record per race (device, or memory group): whether the pick was decided, and why.
+    decisions = list({v.race["race"]: v.race for v in variants if v.race}.values())
     return {
         "schema": SCHEMA,
         "tool": {"name": "lepton-compile", "version": __version__},
@@ -94,9 +102,13 @@ def build_report(
             "feed": "first held-out eval sample, same for every variant",
             "reference": "original model on onnxruntime CPU with graph optimizations disabled",
             "isolation": isolation or {},
-            "selection": "a variant is preferred only when its 95% CI does not overlap the "
-            "original's on the objective, and it is not slower or hungrier beyond noise",
+            "selection": "variants are compared by their ratio trial by trial (paired "
+            "log-ratios over the trials they shared, Student t 95% interval); one is picked "
+            "only when its ratio to the original on the objective lies wholly below 1, and it "
+            "is not slower or hungrier beyond noise",
+            "racing": rules.to_dict() if rules is not None else None,
         },
+        "decision": decisions,
         "objective": objective,
         "constraints": {
             "max_accuracy_drop": max_accuracy_drop,
@@ -111,6 +123,8 @@ def build_report(
             "artifact": "best.onnx",
             "latency_speedup": _ratio(b_lat, best.latency.mean if best.latency else None),
             "energy_ratio": _ratio(best.energy.mean if best.energy else None, b_en),
+            "ratio_to_original": {q: r.to_dict() for q, r in best.ratios.items()} or None,
+            "decided": best.race.get("decided") if best.race else None,
         },
         "variants": [_variant_dict(v) for v in variants],
         "wall_s": round(wall_s, 2),
@@ -149,6 +163,19 @@ def _num(x: Any, fmt: str = "{:.3f}") -> str:
     return fmt.format(x)
 
 
+def _ratio_text(v: dict[str, Any], objective: str) -> str:
+    """The paired ratio to the original on the objective's quantity: "0.68x [0.62, 0.74] n=7"."""
+    if v.get("screen"):
+        return f"{v['screen']['ratio']:.2f}x (screen)"
+    ratios = v.get("ratio_to_original") or {}
+    r = ratios.get("latency" if objective == "latency" else "energy") or ratios.get("latency")
+    if not r or r.get("ratio") is None:
+        return "—"
+    lo, hi = r["ci95"]
+    span = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "[—]"
+    return f"{r['ratio']:.2f}x {span} n={r['n']}"
+
+
 def rows(report: dict[str, Any]) -> list[list[str]]:
     """Table rows shared by the Markdown, HTML and terminal renderings."""
     out = []
@@ -171,6 +198,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
                 v["status"],
                 _num(lat.get("p50")),
                 lat_txt,
+                _ratio_text(v, report.get("objective", "energy")),
                 e_txt,
                 _num(acc.get("drop"), "{:.4f}"),
                 _num(acc.get("min_sqnr_db"), "{:.1f}"),
@@ -186,6 +214,7 @@ HEADERS = [
     "status",
     "p50 ms",
     "mean ms ± ci95",
+    "vs original [95% CI]",
     "mJ/inf ± ci95",
     "acc. drop",
     "SQNR dB",
@@ -220,12 +249,19 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
     lines += compression_markdown(report)
-    proto = report["measurement"]["protocol"]
+    for d in report.get("decision") or []:
+        lines += [
+            "",
+            f"Measurement on {d['race']}: {d['trials']} interleaved trials in "
+            f"{d['seconds']:.1f} s; {'decided' if d['decided'] else 'UNDECIDED'}: {d['reason']}",
+        ]
     lines += [
         "",
-        f"Latency: wall time per inference over {proto.get('trials', '?')} interleaved trials "
-        "(order shuffled per trial); ci95 is the 95% confidence half-width of the mean over "
-        "trial means. ★ marks the pick.",
+        "Latency: wall time per inference in interleaved trials (order shuffled per trial); "
+        "ci95 is the 95% confidence half-width of the mean over trial means. 'vs original' is "
+        "the variant's ratio to the original on the objective (energy, else latency), paired "
+        "trial by trial, with its 95% interval and the number of trials; below 1 is better. "
+        "★ marks the pick.",
         "",
     ]
     return "\n".join(lines)
@@ -329,16 +365,12 @@ def to_html(report: dict[str, Any]) -> str:
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_all(report: dict[str, Any], outdir: Path) -> None:
-    _atomic_write(outdir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _atomic_write(outdir / "report.md", to_markdown(report))
-    _atomic_write(outdir / "report.html", to_html(report))
+    from lepton_compile.outdir import write_text
+
+    write_text(outdir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(outdir / "report.md", to_markdown(report))
+    write_text(outdir / "report.html", to_html(report))
 
 
 def print_table(report: dict[str, Any], console: Any) -> None:

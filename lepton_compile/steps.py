@@ -16,6 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from lepton_compile import compress
+from lepton_compile.shared import SharedStore, feeds_fingerprint, key
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
 
@@ -60,13 +61,25 @@ def _finish(
     return search(name, units, make, ev, ctx, details)
 
 
-def _quantize(cls: str, calibrated: bool = False, qdq: bool = False) -> Callable[..., Any]:
-    """A quantize step over ``passes.quantize.<cls>``; ``qdq``: revert layers by graph edit."""
+# How a layer goes back to FP32 during a search: a rebuild with ``nodes_to_exclude`` works for
+# every step; a graph edit of the all-layers model is far cheaper where the step's output has
+# the shape it needs ("qdq": Q/DQ pairs in front of the layer, ``compress.revert_qdq``;
+# "splice": a chain that ends in the layer's own output tensor, ``compress.revert_nodes``).
+_REVERTS: dict[str, Callable[..., onnx.ModelProto | None]] = {
+    "qdq": compress.revert_qdq,
+    "splice": compress.revert_nodes,
+}
 
-    def run(model, calibration, options, ev, ctx, name):  # type: ignore[no-untyped-def]
+
+def _quantize(cls: str, calibrated: bool = False, revert: str = "rebuild") -> Callable[..., Any]:
+    """A quantize step over ``passes.quantize.<cls>``; ``revert``: how a layer goes back."""
+
+    def run(model, calibration, options, ev, ctx, name, store=None):  # type: ignore[no-untyped-def]
         from lepton_compile.passes import quantize
 
         klass = getattr(quantize, cls)
+        if calibrated and store is not None and store.root is not None:
+            options = {**options, "calibration_cache_dir": str(store.root / "calibration")}
 
         def factory(**o: Any) -> Any:
             return klass(calibration, **o) if calibrated else klass(**o)
@@ -77,12 +90,15 @@ def _quantize(cls: str, calibrated: bool = False, qdq: bool = False) -> Callable
         if not layers:
             raise compress.NotApplicable(f"{name}: nothing in this model to quantize")
         full = _build(every, named)
+        if store is not None and getattr(every, "ranges_reused", False):
+            store.reused.append("calibration")
+        edit = _REVERTS.get(revert)
 
         def make(kept: Sequence[str]) -> onnx.ModelProto:
             if not kept:
                 return full
-            if qdq:
-                reverted = compress.revert_qdq(full, named, kept)
+            if edit is not None:
+                reverted = edit(full, named, kept)
                 if reverted is not None:
                     return reverted
             return _build(factory(**{**options, "nodes_to_exclude": tuple(kept)}), named)
@@ -97,7 +113,7 @@ def _quantize(cls: str, calibrated: bool = False, qdq: bool = False) -> Callable
 def _prune_layers(cls: str) -> Callable[..., Any]:
     """A prune step over ``passes.prune.<cls>`` (magnitude, 2:4), layer by layer."""
 
-    def run(model, calibration, options, ev, ctx, name):  # type: ignore[no-untyped-def]
+    def run(model, calibration, options, ev, ctx, name, store=None):  # type: ignore[no-untyped-def]
         from lepton_compile.passes import prune
         from lepton_compile.passes.quantize import ensure_node_names
 
@@ -122,7 +138,9 @@ def _prune_layers(cls: str) -> Callable[..., Any]:
     return run
 
 
-def _prune_channels(model, calibration, options, ev, ctx, name):  # type: ignore[no-untyped-def]
+def _prune_channels(  # type: ignore[no-untyped-def]
+    model, calibration, options, ev, ctx, name, store=None
+):
     """Structured channel pruning, channel group by channel group."""
     from lepton_compile.passes import prune
     from lepton_compile.passes.quantize import ensure_node_names
@@ -146,8 +164,8 @@ def _prune_channels(model, calibration, options, ev, ctx, name):  # type: ignore
     )
 
 
-def _q(name: str, cls: str, calibrated: bool = False, qdq: bool = False, **kw: Any) -> Step:
-    return Step(name, "quantize", calibrated, _quantize(cls, calibrated, qdq), **kw)
+def _q(name: str, cls: str, calibrated: bool = False, revert: str = "rebuild", **kw: Any) -> Step:
+    return Step(name, "quantize", calibrated, _quantize(cls, calibrated, revert), **kw)
 
 
 STEPS: dict[str, Step] = {
@@ -157,12 +175,12 @@ STEPS: dict[str, Step] = {
         # onnxruntime's CPU provider has BF16 kernels for few ops: the search runs candidates
         # on the lepton backend (torch), which is also the only backend the recipe targets.
         _q("bf16", "BFloat16Pass", evaluator_backend="lepton"),
-        _q("int8-static", "QuantizeStaticInt8Pass", calibrated=True, qdq=True),
-        _q("int8-dynamic", "QuantizeDynamicInt8Pass"),
+        _q("int8-static", "QuantizeStaticInt8Pass", calibrated=True, revert="qdq"),
+        _q("int8-dynamic", "QuantizeDynamicInt8Pass", revert="splice"),
         # FP8 QDQ sits before a Relu/Clip where onnxruntime would drop or reject the pattern,
         # so reverting a layer is a rebuild with nodes_to_exclude, not a graph edit.
         _q("fp8", "QuantizeFP8Pass", calibrated=True),
-        _q("int4-weight", "QuantizeInt4WeightOnlyPass"),
+        _q("int4-weight", "QuantizeInt4WeightOnlyPass", revert="splice"),
         Step("prune-magnitude", "prune", False, _prune_layers("MagnitudePrunePass")),
         Step("prune-2of4", "prune", False, _prune_layers("SemiStructured24Pass")),
         Step("prune-channels", "prune", False, _prune_channels),
@@ -207,8 +225,13 @@ def apply(
     calibration: Feeds,
     options: Mapping[str, Any],
     accuracy: compress.AccuracyContext | None,
+    store: SharedStore | None = None,
 ) -> compress.SearchResult:
-    """Run one step on ``model``; with ``accuracy``, search layer by layer against ``original``."""
+    """Run one step on ``model``; with ``accuracy``, search layer by layer against ``original``.
+
+    ``store`` shares what other recipes of the run compute alike: the original's outputs on
+    the search samples, and calibration ranges.
+    """
     if step not in STEPS:
         raise ValueError(f"unknown compression step {step!r} (known: {', '.join(STEPS)})")
     spec = STEPS[step]
@@ -230,5 +253,13 @@ def apply(
         search = search[-MAX_SEARCH_SAMPLES:]
         labels = labels[-MAX_SEARCH_SAMPLES:] if labels else []
     if accuracy is not None:
-        ev = compress.Evaluator(original, search, accuracy, spec.evaluator_backend, labels)
-    return spec.run(model, calibrate, options, ev, accuracy, step)
+        reference = None
+        if store is not None and store.enabled:
+            ref_key = key(store.fingerprint(original), feeds_fingerprint(search))
+            reference = store.value(
+                "reference", ref_key, lambda: compress.run_ort(original, search)
+            )
+        ev = compress.Evaluator(
+            original, search, accuracy, spec.evaluator_backend, labels, reference=reference
+        )
+    return spec.run(model, calibrate, options, ev, accuracy, step, store=store)

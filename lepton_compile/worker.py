@@ -66,13 +66,17 @@ class _Handler:
     ) -> list[dict]:
         import onnx
 
-        from lepton_compile import intake, recipes
-        from lepton_compile.engine import save_model
+        from lepton_compile import modelio, recipes
 
         model = onnx.load(model_path, load_external_data=True)
         built, steps = recipes.build(recipe, model, calibration, accuracy=accuracy)
-        intake.check(built, Path(f"{recipe.name} variant"))
-        save_model(built, Path(out_path))
+        # Saved first: a model over the protobuf limit can only be checked from its file.
+        out = modelio.save_model(built, Path(out_path))
+        try:
+            modelio.check_model(built, out)
+        except Exception as e:
+            # A recipe that builds an invalid model is our fault, not the user's input.
+            raise RuntimeError(f"the built model fails onnx.checker: {e}") from None
         return steps
 
     def load(self, path: str, backend: str, device: str, options: Mapping[str, Any]) -> dict:
@@ -192,6 +196,8 @@ class VariantWorker:
         self._conn: Connection | None = None
         self._local = _Handler() if not isolate else None
         self.dead: str | None = None
+        self._load_args: tuple | None = None  # the last "load", replayed by resume()
+        self.suspended = False
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -207,6 +213,8 @@ class VariantWorker:
         self._conn = parent
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if method == "load":
+            self._load_args = args
         if self.dead:
             raise WorkerError(self.dead, "crash")
         if self._local is not None:
@@ -260,6 +268,36 @@ class VariantWorker:
             kind = "crash"
             self.dead = f"worker exited unexpectedly (exit code {code})"
         return WorkerError(self.dead, kind)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker process (0 in-process or when it cannot be read)."""
+        if self._proc is None or not self._proc.is_alive():
+            return 0
+        try:
+            with open(f"/proc/{self._proc.pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+    def suspend(self) -> None:
+        """End the worker process to free its memory; ``resume`` loads the model again."""
+        if self._local is not None or self._proc is None or self.dead:
+            return
+        self.close()
+        self._proc = None
+        self._conn = None
+        self.suspended = True
+
+    def resume(self) -> None:
+        """Start a suspended worker again and replay its last ``load``."""
+        if not self.suspended:
+            return
+        self.suspended = False
+        if self._load_args is not None:
+            self.call("load", *self._load_args)
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.is_alive():

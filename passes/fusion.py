@@ -30,6 +30,50 @@ from lepton_compile.passes._utils import (
 
 logger = logging.getLogger(__name__)
 
+
+class _InferenceFailure(logging.Filter):
+    """Takes the failure record onnx-ir's ShapeInferencePass logs, traceback and all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.error = record.exc_info[1]
+            return False
+        return True
+
+
+class QuietShapeInferencePass(common_passes.ShapeInferencePass):
+    """onnx-ir's ShapeInferencePass (not strict by default), whose failure is one log line.
+
+    onnx-ir logs a failed inference as a warning with the whole traceback, which reaches the
+    user's terminal though the pass goes on without shapes, as it should: inference only
+    helps the passes here, and a model onnx cannot infer (a string op below the opset that
+    allows strings, a custom op) is still a model to optimize.
+    """
+
+    def __init__(self, strict_mode: bool = False, **options: Any) -> None:
+        super().__init__(strict_mode=strict_mode, **options)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        failure = _InferenceFailure()
+        source = logging.getLogger(common_passes.ShapeInferencePass.__module__)
+        source.addFilter(failure)
+        try:
+            result = super().call(model)
+        finally:
+            source.removeFilter(failure)
+        if failure.error is not None:
+            first = str(failure.error).strip().splitlines()
+            logger.info(
+                "shape inference failed, shapes left as they were: %s",
+                first[0][:300] if first else type(failure.error).__name__,
+            )
+        return result
+
+
 _FLOAT_TYPES = frozenset(
     {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 )

@@ -9,12 +9,13 @@ chain between two rewritten Gemms (a GELU between the FFN's two projections) is 
 the 2-D tensor, so that its Reshape pair cancels. The result is kept only if the whole
 graph has fewer nodes than without the rewrite; otherwise the model is left unchanged.
 
-ORT's own fusions (SkipLayerNormalization, Gelu, FusedMatMul at ORT_ENABLE_EXTENDED) see
-the same graph they build themselves; tests/passes/test_fusion_ort_parity.py holds us to
-that. Newer ORT sources skip attention projections in MatMulAddFusion to leave them to
-AttentionFusion: if the installed ORT does, that test is where it shows. The offline
-`onnxruntime.transformers` BERT optimizer finds Gelu instead of BiasGelu after this pass
-(the bias is in the Gemm), as it does after onnxsim.
+Registered for the lepton target only. For onnxruntime the rewrite is ORT's to make: its
+MatMulAddFusion makes it on static shapes, where it chooses to (newer sources skip attention
+projections to leave them to AttentionFusion). Made ahead of it, the choice is taken from
+ORT and the bias sits in a Gemm where BiasGelu and the attention fusions cannot find it (the
+offline `onnxruntime.transformers` BERT optimizer finds Gelu instead of BiasGelu after this
+pass, as after onnxsim). tests/passes/test_fusion_ort_parity.py holds the ort target to the
+fusions ORT finds on the original.
 """
 
 from __future__ import annotations

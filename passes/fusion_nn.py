@@ -30,6 +30,7 @@ from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._ir_utils import get_numpy_value
 
 from lepton_compile.passes._utils import fresh_name, onnx_opset
+from lepton_compile.passes.fusion import QuietShapeInferencePass
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def _ensure_shapes(model: ir.Model, op_types: Iterable[str]) -> bool:
         return False
     if any(v.shape is None for n in nodes for v in n.outputs):
         try:
-            common_passes.ShapeInferencePass(strict_mode=False)(model)
+            QuietShapeInferencePass()(model)
         except Exception as e:  # inference helps the checks; it is not required
             logger.debug("shape inference failed: %s", e)
     return True

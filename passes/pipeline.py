@@ -3,6 +3,7 @@
 Verification (on by default) compares the result with the original on onnxruntime; when
 they differ, a search over pipeline prefixes finds the first pass whose output differs,
 that pass is dropped, and the pipeline runs again without it, until the result holds.
+Extra checks (the driver's speed check) go through the same search once the outputs hold.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -27,14 +28,16 @@ from lepton_compile.passes.verify import (
     DroppedPass,
     Reference,
     Tolerance,
+    UnverifiableError,
     VerificationReport,
+    check_model,
     one_line,
 )
 
 logger = logging.getLogger(__name__)
 
-# onnx.checker cannot take an in-memory model past protobuf's 2 GiB limit.
-_PROTO_LIMIT = 2**31 - 1
+# Says why a candidate model is not acceptable, or None when it is.
+Judge = Callable[[onnx.ModelProto], "str | None"]
 
 
 @dataclasses.dataclass
@@ -125,19 +128,21 @@ def _find_culprit(
     original: onnx.ModelProto,
     names: list[str],
     options: Mapping[str, Mapping[str, Any]] | None,
-    reference: Reference,
-    outputs: bool,
+    judge: Judge,
     problem: str,
 ) -> tuple[int | None, str]:
-    """Index of the first pass whose prefix fails, and the failure; None if no pass is to blame.
+    """Index of the first pass whose prefix fails `judge`, and the failure; None if no pass
+    is to blame.
 
-    Binary search for k with prefix[:k-1] verified and prefix[:k] not: the model after
-    the last verified prefix is kept, so the passes run about once in all, plus one
-    verification per halving. Prefix 0 (the model through the IR and back) is checked
-    first, so that a pass is never blamed for what the round trip does.
+    Binary search for k with prefix[:k-1] accepted and prefix[:k] not: the model after
+    the last accepted prefix is kept, so the passes run about once in all, plus one
+    judgement per halving. Prefix 0 (the model through the IR and back) is judged first,
+    so that a pass is never blamed for what the round trip does.
     """
+    if not names:
+        return None, problem
     start = _attempt(original, [], options)
-    failure = start.problem or reference.check(start.model, outputs)  # type: ignore[arg-type]
+    failure = start.problem or judge(start.model)  # type: ignore[arg-type]
     if failure:
         return None, failure
     good, lo, hi, reason = start.model, 0, len(names), problem
@@ -147,7 +152,7 @@ def _find_culprit(
         if attempt.raised is not None:
             hi, reason = lo + attempt.raised + 1, attempt.problem or "raised"
             continue
-        failure = attempt.problem or reference.check(attempt.model, outputs)  # type: ignore[arg-type]
+        failure = attempt.problem or judge(attempt.model)  # type: ignore[arg-type]
         if failure:
             hi, reason = mid, failure
         else:
@@ -169,6 +174,8 @@ def optimize(
     verify_seed: int = 0,
     verify_shapes: Mapping[str, Sequence[int]] | None = None,
     tolerances: Mapping[str, Tolerance] | None = None,
+    require_outputs: bool = False,
+    extra_checks: Sequence[Judge] = (),
 ) -> OptimizeResult:
     """Run a pipeline (or an explicit pass list) on a copy of `model`, and verify the result.
 
@@ -193,9 +200,18 @@ def optimize(
         verify_shapes: concrete input shapes for verification; symbolic dimensions are 1
             otherwise (the optimized model keeps them symbolic).
         tolerances: per-dtype overrides of `verify.DEFAULT_TOLERANCES`.
+        require_outputs: outputs must be compared: raise UnverifiableError (before any
+            pass runs) when the original cannot be run on generated inputs, and treat a
+            result that ORT cannot run as a failure of the pass that made it so.
+        extra_checks: judges applied once the outputs hold (`judge(candidate)` says why
+            the candidate is not acceptable, or None). A failure is traced to a pass by
+            the same prefix search and that pass is dropped; when the model fails a judge
+            even before any pass, the original is returned unchanged and
+            `verification.unchanged` says why. Not applied when outputs were not compared.
 
     Raises:
         ValueError: an unknown pass, pipeline or target name.
+        UnverifiableError: `require_outputs` and the outputs cannot be compared.
         onnx_ir.passes.PassError: a pass failed (only with verify=False).
         onnx.checker.ValidationError: the result is invalid (only with verify=False).
     """
@@ -212,10 +228,7 @@ def optimize(
         runner(work)
         proto = ir.serde.serialize_model(work)
         if check:
-            if proto.ByteSize() < _PROTO_LIMIT:
-                onnx.checker.check_model(proto)
-            else:
-                logger.warning("model over 2 GiB: onnx.checker skipped")
+            check_model(proto)
         return OptimizeResult(model=proto, records=timing.records, passes=names)
 
     started = time.perf_counter()
@@ -232,8 +245,32 @@ def optimize(
     )
     outputs = reference.skipped is None
     if not outputs:
+        if require_outputs:
+            raise UnverifiableError(reference.skipped)  # type: ignore[arg-type]
         report.status, report.reason = "skipped", reference.skipped
         logger.info("verification: outputs not compared: %s", reference.skipped)
+
+    def numerics(candidate: onnx.ModelProto) -> str | None:
+        if outputs and require_outputs:
+            why = reference.unrunnable(candidate)
+            if why:
+                return why
+        return reference.check(candidate, outputs)
+
+    # Time spent in the extra checks is theirs to report, not the verification's.
+    extra_seconds = [0.0]
+
+    def timed(extra: Judge) -> Judge:
+        def judge(candidate: onnx.ModelProto) -> str | None:
+            t0 = time.perf_counter()
+            try:
+                return extra(candidate)
+            finally:
+                extra_seconds[0] += time.perf_counter() - t0
+
+        return judge
+
+    extras = [timed(extra) for extra in extra_checks]
     active = list(names)
     verify_seconds = time.perf_counter() - started
     while True:
@@ -244,28 +281,40 @@ def optimize(
             culprit, reason = attempt.raised, attempt.problem or "raised"
         else:
             problem = attempt.problem
-            if problem is None and outputs:
+            if problem is None and outputs and not require_outputs:
                 why = reference.unrunnable(attempt.model)  # type: ignore[arg-type]
                 if why:
                     outputs = False
                     report.status, report.reason = "skipped", why
             if problem is None:
-                problem = reference.check(attempt.model, outputs)  # type: ignore[arg-type]
+                problem = numerics(attempt.model)  # type: ignore[arg-type]
+            judge: Judge = numerics
+            if problem is None and outputs and active:
+                for extra in extras:
+                    problem = extra(attempt.model)  # type: ignore[arg-type]
+                    if problem is not None:
+                        judge = extra
+                        break
             if problem is None:
                 verify_seconds += time.perf_counter() - started
                 break
-            culprit, reason = _find_culprit(original, active, options, reference, outputs, problem)
+            culprit, reason = _find_culprit(original, active, options, judge, problem)
+            if culprit is None and judge is not numerics:
+                report.unchanged = f"{reason} even with no pass applied"
+                report.seconds = verify_seconds + time.perf_counter() - started - extra_seconds[0]
+                logger.warning("verification: %s; returning the model unchanged", report.unchanged)
+                return OptimizeResult(model=original, records=[], passes=[], verification=report)
             if culprit is None:
                 report.status = "failed"
                 report.reason = f"the model differs even with no pass applied ({reason})"
-                report.seconds = verify_seconds + time.perf_counter() - started
+                report.seconds = verify_seconds + time.perf_counter() - started - extra_seconds[0]
                 logger.warning("verification: %s; returning the model unchanged", report.reason)
                 return OptimizeResult(model=original, records=[], passes=[], verification=report)
         verify_seconds += time.perf_counter() - started
         name = active.pop(culprit)
         report.dropped.append(DroppedPass(name, reason))
         logger.warning("verification: pass %r dropped: %s", name, reason)
-    report.seconds = verify_seconds
+    report.seconds = verify_seconds - extra_seconds[0]
     logger.info("verification: %s (%.2f s)", report.summary(), report.seconds)
     assert attempt.model is not None
     return OptimizeResult(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ import onnx_ir.passes.common
 from onnx import helper, numpy_helper, version_converter
 
 from lepton_compile.errors import InputError
+from lepton_compile.passes.model_size import over_limit
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ INT4_IR_VERSION = 10
 # Fewer calibration samples give ranges that say more about the one sample than the data.
 MIN_CALIBRATION_SAMPLES = 2
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
-# Protobuf refuses messages over 2 GiB: such models travel with external data.
-_PROTO_LIMIT = 2**31 - 2**20
 
 _ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -146,7 +146,7 @@ def _unchanged(model: ir.Model | onnx.ModelProto) -> ir.passes.PassResult:
 
 def _save(model: onnx.ModelProto, path: Path) -> bool:
     """Write `model`; a model past protobuf's limit goes with external data. True if so."""
-    external = model.ByteSize() > _PROTO_LIMIT
+    external = over_limit(model)
     onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
     return external
 
@@ -323,8 +323,6 @@ def _activation_bytes(model: onnx.ModelProto) -> int:
 
 def histogram_sample_cap(model: onnx.ModelProto) -> int | None:
     """How many calibration samples the histogram calibrators can hold in memory (None: any)."""
-    import os
-
     per_sample = _activation_bytes(model)
     if not per_sample:
         return None
@@ -347,6 +345,9 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
 
     ``activation_symmetric=True`` is the GPU/TensorRT setting (zero points at zero).
     ``op_types`` limits the op types (default: all onnxruntime quantizes).
+    ``calibration_cache_dir``: where activation ranges are kept, keyed by the model, the
+    samples and the calibration settings, so that passes with the same calibration (say,
+    asymmetric and symmetric activations from one MinMax run) calibrate once.
     """
 
     def __init__(
@@ -359,6 +360,7 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
         activation_type: str = "int8",
         op_types: Sequence[str] | None = None,
         nodes_to_exclude: Sequence[str] = (),
+        calibration_cache_dir: str | None = None,
     ):
         super().__init__()
         if calibrate_method not in CALIBRATE_METHODS:
@@ -378,6 +380,36 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
         self.activation_type = activation_type
         self.op_types = tuple(op_types) if op_types is not None else None
         self.nodes_to_exclude = _check_exclusions(nodes_to_exclude)
+        self.calibration_cache_dir = calibration_cache_dir
+
+    def _calibration_cache(
+        self, proto: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], op_types: list
+    ) -> Path | None:
+        """The ranges file for this model, these samples and these calibration settings."""
+        import hashlib
+        import inspect
+
+        from onnxruntime.quantization import quantize_static
+
+        if not self.calibration_cache_dir:
+            return None
+        if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+            return None  # an onnxruntime without the ranges cache: calibrate every time
+        h = hashlib.sha256()
+        try:
+            h.update(proto.SerializeToString())
+        except Exception:  # past protobuf's limit: too large to key cheaply, calibrate anew
+            return None
+        for f in feeds:
+            for k in sorted(f):
+                a = np.ascontiguousarray(f[k])
+                h.update(f"{k}|{a.dtype}|{a.shape}|".encode())
+                h.update(a.tobytes())
+        settings: list[Any] = [self.calibrate_method, sorted(op_types), self.activation_type]
+        if self.calibrate_method == "percentile":
+            settings.append(self.percentile)
+        h.update(repr(settings).encode())
+        return Path(self.calibration_cache_dir) / f"ranges-{h.hexdigest()[:32]}.json"
 
     def _candidates(self, proto: onnx.ModelProto) -> list[str]:
         op_types = self.op_types if self.op_types is not None else _static_op_types()
@@ -414,10 +446,20 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
                 log.info("histogram calibration on %d of %d samples (memory)", cap, len(feeds))
                 feeds = feeds[:cap]
         self.samples_used = len(feeds)
+        ranges = self._calibration_cache(proto, feeds, list(op_types))
         with tempfile.TemporaryDirectory(prefix="lepton-q-") as tmp, _quiet_root_logger():
             src = Path(tmp) / "in.onnx"
             dst = Path(tmp) / "out.onnx"
             external = _save(proto, src)
+            # onnxruntime reads the ranges from the file when it exists, else calibrates and
+            # writes it: here a private copy, renamed into place, so no reader sees half.
+            fresh = ranges is not None and not ranges.is_file()
+            self.ranges_reused = ranges is not None and not fresh
+            cache_path = ranges
+            if fresh and ranges is not None:
+                ranges.parent.mkdir(parents=True, exist_ok=True)
+                cache_path = ranges.with_name(f".{ranges.name}.{os.getpid()}.tmp")
+            cache_arg = {} if cache_path is None else {"calibration_cache_path": str(cache_path)}
             quantize_static(
                 str(src),
                 str(dst),
@@ -438,7 +480,10 @@ class QuantizeStaticInt8Pass(ir.passes.FunctionalPass):
                     "WeightSymmetric": True,
                     "CalibPercentile": self.percentile,
                 },
+                **cache_arg,
             )
+            if fresh and ranges is not None and cache_path is not None and cache_path.is_file():
+                os.replace(cache_path, ranges)
             out = onnx.load(str(dst))
         return _finish(out)
 

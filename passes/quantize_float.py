@@ -19,8 +19,8 @@ import onnx
 import onnx_ir as ir
 from onnx import helper
 
+from lepton_compile.passes.model_size import over_limit
 from lepton_compile.passes.quantize import (
-    _PROTO_LIMIT,
     _check_exclusions,
     _count_calibration,
     _default_opset,
@@ -510,18 +510,28 @@ def _calibrate_amax(
 
 
 def _session(model: onnx.ModelProto):
-    """An onnxruntime CPU session without graph optimizations or console warnings."""
+    """An onnxruntime CPU session without graph optimizations or console warnings.
+
+    A model over the protobuf limit is loaded from a file with its external data.
+    """
+    import tempfile
+    from pathlib import Path
+
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if model.ByteSize() > _PROTO_LIMIT:
-        raise ValueError("FP8 calibration: the model is over 2 GiB")
     with _quiet_root_logger():
-        return ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
+        if not over_limit(model):
+            return ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+        with tempfile.TemporaryDirectory(prefix="lepton-q-") as tmp:
+            path = Path(tmp) / "calibrate.onnx"
+            onnx.save(model, str(path), save_as_external_data=True, location="calibrate.data")
+            # The session reads the weights while it is built: the files may go afterwards.
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _weight_axis(node: ir.Node, index: int, rank: int) -> int | None:

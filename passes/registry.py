@@ -28,6 +28,7 @@ from lepton_compile.passes.fusion import (
     FuseMatMulAddPass,
     FuseMatMulBatchNormPass,
     FusePadPass,
+    QuietShapeInferencePass,
 )
 from lepton_compile.passes.fusion_gemm_nd import FuseMatMulAddNdPass
 from lepton_compile.passes.fusion_lepton import FuseLeptonPass
@@ -86,7 +87,7 @@ def _lift_constants(**options: Any) -> ir.passes.PassBase:
 def _infer_shapes(**options: Any) -> ir.passes.PassBase:
     # Not strict: custom-domain ops without a schema must not stop the pipeline.
     options = {"strict_mode": False, **options}
-    return common_passes.ShapeInferencePass(**options)
+    return QuietShapeInferencePass(**options)
 
 
 register_pass(
@@ -191,11 +192,15 @@ register_pass(
     FuseLeptonPass,
     targets={"lepton"},
 )
+# Not for the ort target: onnxruntime makes this rewrite itself where it chooses to (static
+# shapes, not an attention projection it keeps for AttentionFusion), and done ahead of it the
+# bias sits in the Gemm, where BiasGelu and the attention fusions no longer see it.
 register_pass(
     "fuse-matmul-add-nd",
     "Add(MatMul(a, b[K, N]), c[N]) with static N-D a becomes Reshape-Gemm-Reshape, Reshapes "
-    "merged and shared; kept only if the graph has fewer nodes",
+    "merged and shared; kept only if the graph has fewer nodes (target lepton only)",
     FuseMatMulAddNdPass,
+    targets={"lepton"},
 )
 register_pass(
     "cse",
@@ -259,6 +264,7 @@ PIPELINES: Mapping[str, tuple[str, ...]] = MappingProxyType(
             # Last fusion: absorbs the activations the fusions above produce (lepton only).
             "fuse-lepton",
             # After every fusion that wants MatMul+Add; merges and shares its Reshapes itself.
+            # lepton only (see its registration).
             "fuse-matmul-add-nd",
             *_FINISH,
         ),

@@ -8,9 +8,13 @@ difference), and `Reference.check(candidate)` says why a candidate differs, or N
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,12 +22,11 @@ import onnx
 from google.protobuf.message import EncodeError
 from onnx import helper
 
+from lepton_compile.passes.model_size import over_limit
 from lepton_compile.passes.testing import graph_inputs
 
 logger = logging.getLogger(__name__)
 
-# onnx.checker and ORT cannot take an in-memory model past protobuf's 2 GiB limit.
-PROTO_LIMIT = 2**31 - 1
 
 # Domains ORT's CPU provider implements; a node in any other domain needs a model-local
 # function (the lepton target's ai.lepton ops carry one) for ORT to run it.
@@ -49,12 +52,22 @@ def _is_random(node: onnx.NodeProto) -> bool:
     return node.op_type == "Dropout" and len(node.input) >= 3 and bool(node.input[2])
 
 
-def _serialize(model: onnx.ModelProto) -> bytes | None:
-    """The model's bytes; None past protobuf's 2 GiB limit."""
-    try:
-        return model.SerializeToString()
-    except (EncodeError, ValueError, OverflowError):
-        return None
+@contextlib.contextmanager
+def _source(model: onnx.ModelProto) -> Iterator[bytes | str]:
+    """What onnx.checker and onnxruntime read the model from: its bytes, or, past the
+    protobuf limit (`model_size`), the path of a temporary copy with external data."""
+    if not over_limit(model):
+        try:
+            yield model.SerializeToString()
+            return
+        except (EncodeError, ValueError, OverflowError):
+            pass  # over the real limit although under the configured one: use a file
+    with tempfile.TemporaryDirectory(prefix="lepton-verify-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # saving with external data moves the weights out of the proto
+        onnx.save_model(copy, str(path), save_as_external_data=True, location="model.onnx.data")
+        yield str(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +114,14 @@ class DroppedPass:
         return {"pass": self.name, "reason": self.reason}
 
 
+class UnverifiableError(ValueError):
+    """Outputs cannot be compared, and verification was required to compare them."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclasses.dataclass
 class VerificationReport:
     """What verification of one `optimize` run found.
@@ -109,11 +130,16 @@ class VerificationReport:
     original cannot run on ORT, or the result holds ops ORT cannot run: only
     onnx.checker applied; `reason` says why), or "failed" (even the unchanged model
     differs; the original was returned unchanged).
+
+    `unchanged` says why the original was handed back without any pass applied although
+    its outputs hold: an extra check (the driver's speed check) failed on the model even
+    before any pass ran, so no pass can be blamed for it.
     """
 
     status: str
     reason: str | None = None
     dropped: list[DroppedPass] = dataclasses.field(default_factory=list)
+    unchanged: str | None = None
     seed: int = 0
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     tolerances: Mapping[str, Tolerance] = dataclasses.field(
@@ -137,6 +163,8 @@ class VerificationReport:
             text = f"failed: {self.reason}"
         if self.dropped:
             text += "; dropped " + ", ".join(d.name for d in self.dropped)
+        if self.unchanged:
+            text += f"; returned unchanged: {self.unchanged}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +174,7 @@ class VerificationReport:
             "reason": self.reason,
             "summary": self.summary(),
             "dropped": [d.to_dict() for d in self.dropped],
+            "unchanged": self.unchanged,
             "inputs": {"seed": self.seed, "shapes": self.input_shapes},
             "tolerances": {k: v.to_dict() for k, v in self.tolerances.items()},
             "checker": self.checker,
@@ -161,15 +190,21 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
     return first[:limit]
 
 
-def _session(model: onnx.ModelProto | bytes):
+def _session(model: onnx.ModelProto | bytes | str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # Failures come back as exceptions; ORT's own error log would only repeat them.
     options.log_severity_level = 4
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker, from a temporary file with external data past the protobuf limit."""
+    with _source(model) as data:
+        onnx.checker.check_model(data)
 
 
 def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -296,6 +331,29 @@ def input_shapes(
     return out
 
 
+def _check_input_size(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
+    total = 0
+    for vi in graph_inputs(model):
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        except Exception:
+            continue  # left to make_inputs' own error
+        count = 1
+        for d in shapes.get(vi.name, []):
+            count *= max(int(d), 0)
+        total += count * itemsize.itemsize
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        limit = 2**32
+    if total > limit:
+        sizes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+        raise ValueError(
+            f"inputs of {total / 2**30:.3g} GiB ({sizes}) would take more than a quarter of "
+            "this machine's memory"
+        )
+
+
 def make_inputs(
     model: onnx.ModelProto,
     seed: int = 0,
@@ -305,11 +363,13 @@ def make_inputs(
 
     Floats uniform in [-1, 1); integers small and non-negative (below the table size for
     Gather indices, ones for masks, so that `(1 - mask) * -10000` stays in range); bools
-    random. Raises ValueError for an input it cannot make (strings, sequences, no shape).
+    random. Raises ValueError for an input it cannot make (strings, sequences, no shape), or
+    when together they would take more than a quarter of the machine's memory.
     """
     rng = np.random.default_rng(seed)
     bounds = _gather_bounds(model)
     concrete = input_shapes(model, shapes)
+    _check_input_size(model, concrete)
     feeds: dict[str, np.ndarray] = {}
     for vi in graph_inputs(model):
         shape = concrete[vi.name]
@@ -448,69 +508,75 @@ class Reference:
             duplicates_ok=bool(duplicate_outputs(model)),
         )
         # Serialized once for the checker and for ORT: it is the cost on large models.
-        data = _serialize(model)
-        if data is None:
-            ref.checker = False
-            if checker:
-                ref.notes.append("model over 2 GiB: onnx.checker not applied")
-            ref.skipped = "model over 2 GiB (protobuf limit)"
-            return ref
+        with _source(model) as data:
+            ref._prepare(data, checker, feeds, shapes, seed)
+        return ref
+
+    def _prepare(
+        self,
+        data: bytes | str,
+        checker: bool,
+        feeds: Mapping[str, Any] | None,
+        shapes: Mapping[str, Sequence[int]] | None,
+        seed: int,
+    ) -> None:
+        model = self.model
         if checker:
             try:
                 onnx.checker.check_model(data)
             except Exception as e:
-                ref.checker = False
-                ref.notes.append(f"the original fails onnx.checker ({one_line(e)}): not applied")
+                self.checker = False
+                self.notes.append(f"the original fails onnx.checker ({one_line(e)}): not applied")
         foreign = foreign_ops(model)
         if foreign:
-            ref.skipped = f"onnxruntime cannot run the original ({', '.join(foreign[:5])})"
-            return ref
+            self.skipped = f"onnxruntime cannot run the original ({', '.join(foreign[:5])})"
+            return
         if feeds is not None:
-            ref.feeds = dict(feeds)
-            ref.shapes = {
-                k: list(v.shape) for k, v in ref.feeds.items() if isinstance(v, np.ndarray)
+            self.feeds = dict(feeds)
+            self.shapes = {
+                k: list(v.shape) for k, v in self.feeds.items() if isinstance(v, np.ndarray)
             }
             where = "given"
         else:
             where = "generated"
             try:
-                ref.shapes = input_shapes(model, shapes)
-                ref.feeds = make_inputs(model, seed, ref.shapes)
+                self.shapes = input_shapes(model, shapes)
+                self.feeds = make_inputs(model, seed, self.shapes)
             except ValueError as e:
-                ref.skipped = f"no inputs can be generated: {e}"
-                return ref
+                self.skipped = f"no inputs can be generated: {e}"
+                return
         try:
             session = _session(data)
         except Exception as e:
-            ref.skipped = f"onnxruntime cannot load the original: {one_line(e)}"
-            return ref
+            self.skipped = f"onnxruntime cannot load the original: {one_line(e)}"
+            return
         try:
-            ref.outputs = session.run(None, ref.feeds)
+            self.outputs = session.run(None, self.feeds)
         except Exception as e:
-            ref.skipped = f"the original fails on {where} inputs: {one_line(e)}"
-            return ref
+            self.skipped = f"the original fails on {where} inputs: {one_line(e)}"
+            return
         if any(_is_random(n) for n in all_nodes(model)):
             # Seeded random ops repeat in a fresh session, unseeded ones do not: only the
             # outputs that moved are left to a shape and dtype check.
             try:
-                again = _session(data).run(None, ref.feeds)
+                again = _session(data).run(None, self.feeds)
             except Exception:  # ran once, so this should not happen; play safe
-                again = [None] * len(ref.outputs)
-            for i, (first, second) in enumerate(zip(ref.outputs, again, strict=True)):
+                again = [None] * len(self.outputs)
+            for i, (first, second) in enumerate(zip(self.outputs, again, strict=True)):
                 exact = {k: Tolerance(0.0, 0.0, 0.0) for k in DEFAULT_TOLERANCES}
                 if compare(first, second, exact) is not None:
-                    ref.random_outputs.add(i)
-            if ref.random_outputs:
-                names = ", ".join(ref.output_names[i] for i in sorted(ref.random_outputs))
-                ref.notes.append(f"random outputs compared by dtype and shape only: {names}")
-        return ref
+                    self.random_outputs.add(i)
+            if self.random_outputs:
+                names = ", ".join(self.output_names[i] for i in sorted(self.random_outputs))
+                self.notes.append(f"random outputs compared by dtype and shape only: {names}")
 
     def check(self, candidate: onnx.ModelProto, outputs: bool = True) -> str | None:
         """None if the candidate passes onnx.checker and matches the original's outputs
         (the latter unless `outputs` is False or the original could not be run)."""
-        data = _serialize(candidate)
-        if data is None:
-            return None
+        with _source(candidate) as data:
+            return self._check(candidate, data, outputs)
+
+    def _check(self, candidate: onnx.ModelProto, data: bytes | str, outputs: bool) -> str | None:
         if self.checker:
             try:
                 onnx.checker.check_model(data)

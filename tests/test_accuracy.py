@@ -58,3 +58,18 @@ def test_report_dict_is_json_safe():
     d = compare([{"y": r[0]}], [{"y": r[0]}], set(), 0.01).to_dict()
     json.dumps(d, allow_nan=False)
     assert d["passed"] is True and d["outputs"]["y"]["sqnr_db"] == "inf"
+
+
+def test_string_outputs_compare_exactly():
+    # np.asarray(["cat"], float64) raises: a string output used to end the run.
+    r = [np.array(["cat", "dog"])]
+    assert compare_output("label", r, [np.array(["cat", "dog"])], score=False).drop == 0.0
+    f = compare([{"label": r[0]}], [{"label": np.array(["cat", "emu"])}], set(), 0.01)
+    assert not f.passed and f.drop == 1.0
+
+
+def test_complex_outputs_keep_their_imaginary_part():
+    r = [np.array([1 + 1j, 2 - 1j], dtype=np.complex64)]
+    assert compare_output("z", r, r, score=False).drop == 0.0
+    f = compare_output("z", r, [np.array([1 - 1j, 2 + 1j], dtype=np.complex64)], score=False)
+    assert f.drop > 0.5

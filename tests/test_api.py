@@ -96,8 +96,9 @@ def test_lepton_backend_variants(tmp_path: Path, mlp_path: Path):
     pytest.importorskip("torch", reason="the lepton backend needs torch")
     res = lepton_compile.compile(mlp_path, backends=["ort", "lepton"], quick=True, eval_samples=2)
     by = {v.id: v for v in res.variants}
-    assert by["original-lepton-cpu"].status == "ok"
-    assert by["fused-lepton-lepton-cpu"].status == "ok"
+    # Built and verified; racing may drop them (eager torch is slower than onnxruntime here).
+    assert by["original-lepton-cpu"].status in ("ok", "dropped")
+    assert by["fused-lepton-lepton-cpu"].status in ("ok", "dropped")
     assert "fused-lepton-ort-cpu" not in by  # ai.lepton ops are for the lepton backend
     assert by["original-lepton-cpu"].session["backend"] == "lepton"
     assert res.baseline.id == "original-ort-cpu"

@@ -42,12 +42,20 @@ def check_report(out: Path) -> dict:
     assert {"path", "sha256", "inputs"} <= rep["model"].keys()
     for v in rep["variants"]:
         assert REQUIRED_VARIANT_KEYS <= v.keys(), v["id"]
+        if v["status"] == "dropped":
+            assert v["reason"] and v["accuracy"]["passed"] is True
         if v["status"] == "ok":
             assert {"p50", "p90", "p99", "mean", "ci95"} <= v["latency_ms"].keys()
             assert {"per_inference", "ci95", "method"} <= v["energy_j"].keys()
             assert v["energy_j"]["method"] in ("nvml", "rapl", "estimated")
             assert v["accuracy"]["passed"] is True
             assert (out / v["artifact"]).is_file()
+            # Paired ratio to the original, with its interval and the trials it rests on.
+            r = v["ratio_to_original"]["latency"]
+            assert r["n"] >= 2 and len(r["ci95"]) == 2 and r["method"].startswith("t on")
+    for d in rep["decision"]:
+        assert {"race", "decided", "reason", "trials", "seconds"} <= d.keys()
+    assert rep["best"]["decided"] in (True, False)
     assert (out / "report.md").read_text().startswith("## lepton-compile")
     assert (out / "report.html").is_file()
     return rep
@@ -70,7 +78,8 @@ def test_tinycnn_end_to_end(tmp_path: Path, tinycnn_path: Path):
     assert ids[0] == "original-ort-cpu" and rep["baseline"] == "original-ort-cpu"
     assert {"fused-ort-cpu", "fp16-ort-cpu", "int8-mixed-ort-cpu"} <= set(ids)
     by_id = {v["id"]: v for v in rep["variants"]}
-    assert by_id["fused-ort-cpu"]["status"] == "ok"
+    # Built and verified; racing may drop it when it is clearly slower on this machine.
+    assert by_id["fused-ort-cpu"]["status"] in ("ok", "dropped")
     assert by_id["int8-mixed-ort-cpu"]["size_bytes"] < by_id["original-ort-cpu"]["size_bytes"]
     assert any("batch" in n for n in rep["notes"])
     assert any("estimated" in n for n in rep["notes"])
@@ -91,8 +100,12 @@ def test_json_output_and_default_outdir(tmp_path: Path, tinycnn_path: Path, monk
 def test_rerun_replaces_output_dir(tmp_path: Path, mlp_path: Path):
     out = tmp_path / "o"
     assert run_cli(str(mlp_path), "-o", str(out), "--recipes", "fused") == 0
-    (out / "stale.txt").write_text("x")
     assert run_cli(str(mlp_path), "-o", str(out), "--recipes", "fused") == 0
+    # A file the user added to an earlier output is theirs: kept unless --force.
+    (out / "stale.txt").write_text("x")
+    assert run_cli(str(mlp_path), "-o", str(out), "--recipes", "fused") == 2
+    assert (out / "stale.txt").read_text() == "x"
+    assert run_cli(str(mlp_path), "-o", str(out), "--recipes", "fused", "--force") == 0
     assert not (out / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp dirs left"
 
@@ -117,9 +130,9 @@ def test_rejected_variant_is_never_picked(tmp_path: Path, mlp_path: Path):
     rep = json.loads((out / "report.json").read_text())
     by_id = {v["id"]: v for v in rep["variants"]}
     assert by_id["int8-qdq-ort-cpu"]["status"] == "rejected"
-    # The search cannot keep any layer in INT8 at zero tolerance: nothing compressed, rejected.
+    # The search cannot keep any layer in INT8 at zero tolerance: it gives up, rejected.
     assert by_id["int8-mixed-ort-cpu"]["status"] == "rejected"
-    assert "every layer" in by_id["int8-mixed-ort-cpu"]["reason"]
+    assert "rejected after" in by_id["int8-mixed-ort-cpu"]["reason"]
     assert "drop" in by_id["int8-qdq-ort-cpu"]["reason"]
     assert by_id[rep["best"]["id"]]["status"] == "ok"
 
@@ -239,7 +252,8 @@ def test_light_models_end_to_end(tmp_path: Path, name: str):
     )
     rep = check_report(out)
     by_id = {v["id"]: v for v in rep["variants"]}
-    assert by_id["fused-ort-cpu"]["status"] == "ok"
+    # Built and verified; racing may drop it when it is clearly slower on this machine.
+    assert by_id["fused-ort-cpu"]["status"] in ("ok", "dropped")
     m = onnx.load(src)
     inits = {i.name for i in m.graph.initializer}
     inp = next(i for i in m.graph.input if i.name not in inits)
@@ -289,3 +303,21 @@ def test_recipes_subcommand_lists_recipes_and_groups(capsys):
     out = capsys.readouterr().out
     for name in [*RECIPES, *ALIASES]:
         assert name in out
+
+
+def test_original_with_non_finite_outputs_is_one_line(tmp_path: Path, capsys):
+    """NaN from the original itself: one error line, no warnings before it, nothing built."""
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 8] x) => (float[1, 8] y) { y = Log (x) }
+        """
+    )
+    path = tmp_path / "nan.onnx"
+    onnx.save(m, path)
+    out = tmp_path / "o"
+    assert main([str(path), "-o", str(out), "--quick", "-q"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1, err
+    assert "non-finite" in err[0] and "'y'" in err[0]
+    assert not out.exists()

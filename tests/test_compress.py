@@ -79,7 +79,8 @@ def test_search_keep_finds_a_small_set_past_an_overshoot():
         "q", [(n, "Conv") for n in damage], _keep_maker(list(damage)), ev, ctx
     )  # type: ignore[arg-type]
     assert set(res.record["layers_kept"]) == {"a", "b", "c"}
-    with pytest.raises(compress.CompressionFailed, match="every layer had to stay"):
+    # Only keeping all five meets 0.0005: past MAX_KEPT_SHARE (4 of 5), so given up.
+    with pytest.raises(compress.CompressionFailed, match=r"rejected after \d+ probes: .* 4 most"):
         compress.search_keep(
             "q",
             [(n, "Conv") for n in damage],
@@ -211,8 +212,9 @@ def test_metric_hook_judges_variants(tmp_path: Path, mlp_path: Path):
     assert acc["metric"].startswith("user metric")
     um = acc["user_metric"]
     assert 0.0 <= um["original"] <= 1.0 and 0.0 <= um["variant"] <= 1.0
-    assert v.status in ("ok", "rejected")
-    assert (v.status == "ok") == (um["original"] - um["variant"] <= 0.0)
+    # "dropped": passed the metric, then lost the race on speed.
+    assert v.status in ("ok", "dropped", "rejected")
+    assert (v.status != "rejected") == (um["original"] - um["variant"] <= 0.0)
 
 
 def test_metric_errors_are_input_errors(tmp_path: Path, mlp_path: Path):

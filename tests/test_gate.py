@@ -93,3 +93,99 @@ def test_bad_report_files_exit_2(tmp_path: Path, capsys):
 @pytest.mark.parametrize("text, val", [("5%", 0.05), ("0.05", 0.05), (0.2, 0.2)])
 def test_parse_fraction(text, val):
     assert parse_fraction(text, "x") == pytest.approx(val)
+
+
+def _damaged(how: str) -> str | dict:
+    rep = report(10, 0.1, 1.0, 0.01)
+    if how == "deep":
+        nested = "[" * 100_000 + "]" * 100_000
+        return f'{{"schema": "{SCHEMA}", "best": {nested}}}'
+    if how == "nan":
+        return json.dumps(rep).replace('"mean": 10', '"mean": NaN')
+    if how == "best-not-a-variant":
+        rep["best"]["id"] = "int8-ort-cpu"
+    elif how == "best-missing":
+        del rep["best"]
+    elif how == "variants-not-a-list":
+        rep["variants"] = {"fused-ort-cpu": {}}
+    elif how == "latency-not-a-number":
+        rep["variants"][0]["latency_ms"]["mean"] = "fast"
+    elif how == "energy-not-an-object":
+        rep["variants"][0]["energy_j"] = [1.0]
+    elif how == "drop-not-a-number":
+        rep["variants"][0]["accuracy"]["drop"] = [0.1]
+    elif how == "model-missing":
+        del rep["model"]
+        return rep
+    elif how == "device-not-an-object":
+        rep["device"] = "cpu"
+    return rep
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "deep",
+        "nan",
+        "best-not-a-variant",
+        "best-missing",
+        "variants-not-a-list",
+        "latency-not-a-number",
+        "energy-not-an-object",
+        "drop-not-a-number",
+        "device-not-an-object",
+    ],
+)
+def test_damaged_report_is_bad_input(tmp_path: Path, capsys, how: str):
+    # Each of these ended in a traceback (RecursionError, StopIteration, KeyError, ...).
+    good = write(tmp_path, "good.json", report(10, 0.1, 1.0, 0.01))
+    damaged = _damaged(how)
+    bad = tmp_path / "bad.json"
+    bad.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    for argv in ([str(good), str(bad)], [str(bad), str(good)]):
+        assert main(["gate", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lepton-compile: error: {bad}: not a") and "Traceback" not in err
+
+
+def test_report_without_model_section_still_compares(tmp_path: Path, capsys):
+    good = write(tmp_path, "good.json", report(10, 0.1, 1.0, 0.01))
+    bare = write(tmp_path, "bare.json", _damaged("model-missing"))  # type: ignore[arg-type]
+    assert main(["gate", str(good), str(bare)]) == 0
+    assert "different models" in capsys.readouterr().out
+
+
+def with_trials(rep: dict, latency: list[float], energy: list[float]) -> dict:
+    v = rep["variants"][0]
+    v["latency_ms"]["per_trial"] = latency
+    v["energy_j"]["per_trial"] = energy
+    return rep
+
+
+def test_per_trial_figures_give_a_ratio_interval(tmp_path: Path, capsys):
+    """Overlapping mean CIs, but per-trial figures show a steady 12% slowdown: regression."""
+    base = with_trials(report(10, 3.0, 1.0, 0.3), [10.0, 10.2, 9.9, 10.1, 9.8], [1.0] * 5)
+    cur = with_trials(report(11.2, 3.0, 1.0, 0.3), [11.2, 11.3, 11.1, 11.2, 11.0], [1.0] * 5)
+    assert gate(tmp_path, base, cur) == 1
+    out = capsys.readouterr().out
+    assert "❌ regression" in out and "Welch t 95% interval" in out
+    assert "+11." in out and "[+" in out  # the change with its interval
+
+
+def test_per_trial_noise_is_not_a_regression(tmp_path: Path):
+    base = with_trials(report(10, 0.1, 1.0, 0.01), [8.0, 12.0, 9.0, 11.0, 10.0], [1.0] * 5)
+    cur = with_trials(report(11, 0.1, 1.0, 0.01), [13.0, 9.0, 12.0, 10.0, 11.0], [1.0] * 5)
+    assert gate(tmp_path, base, cur) == 0
+
+
+def test_gate_output_never_replaces_a_user_file(tmp_path: Path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes")
+    base = report(10, 0.1, 1.0, 0.01)
+    assert gate(tmp_path, base, base, "--output", str(notes)) == 2
+    assert notes.read_text() == "my notes"
+    assert gate(tmp_path, base, base, "--output", str(tmp_path)) == 2  # a directory
+    out = tmp_path / "gate.md"
+    assert gate(tmp_path, base, base, "--output", str(out)) == 0
+    assert gate(tmp_path, base, base, "--output", str(out)) == 0  # its own earlier output
+    assert gate(tmp_path, base, base, "--output", str(notes), "--force") == 0

@@ -107,3 +107,42 @@ def test_labels_are_kept_apart(tmp_path: Path, tinycnn_path: Path):
     s = prepare(loaded, d)
     assert "label" not in s.eval[0]
     assert s.labels[0]["label"][0] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eval_samples": 0}, "--eval-samples must be at least 1"),
+        ({"eval_samples": -99}, "--eval-samples must be at least 1"),
+        ({"calibration_samples": -1}, "--calibration-samples must not be negative"),
+        ({"seed": -1}, "--seed must not be negative"),
+    ],
+)
+def test_sample_counts_and_seed_are_checked(tinycnn_path: Path, kwargs, match):
+    # Before: no eval feed ended in an IndexError later on; numpy refused the seed itself.
+    with pytest.raises(InputError, match=match):
+        prepare(load_model(tinycnn_path), **kwargs)
+
+
+def test_inputs_too_large_to_generate_are_bad_input(tinycnn_path: Path):
+    # 2.9 TiB of float32: numpy raised MemoryError (or ValueError past its own limit).
+    for n in (99_999_999_999, 2**62):
+        loaded = load_model(tinycnn_path, {"images": [n, 3, 96, 96]})
+        with pytest.raises(InputError, match=r"generated input sample\(s\) of images=.*GiB"):
+            prepare(loaded, calibration_samples=0, eval_samples=1)
+
+
+@pytest.mark.parametrize("axis, table", [(5, (30, 4)), (-3, (30, 4)), (0, (0, 4))])
+def test_gather_into_odd_tables_still_generates(tmp_path: Path, axis: int, table):
+    # An axis past the table's rank raised IndexError; an empty table, numpy's ValueError.
+    m = text_model(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (int64[1, 6] ids) => (float[1, 6, 4] y) {{ y = Gather <axis = {axis}> (emb, ids) }}
+        """,
+        {"emb": np.zeros(table, np.float32)},
+    )
+    p = tmp_path / "m.onnx"
+    onnx.save(m, p)
+    feeds = generate(load_model(p), 2, seed=0)
+    assert feeds[0]["ids"].shape == (1, 6) and feeds[0]["ids"].dtype == np.int64

@@ -12,9 +12,32 @@ import onnx_ir as ir
 import pytest
 from conftest import text_model
 
+from lepton_compile import optimize as optimize_module
 from lepton_compile.cli import main
+from lepton_compile.outdir import OPTIMIZED_MARK
 from lepton_compile.passes import registry
 from lepton_compile.passes.testing import run_ort
+
+
+class NeutralTimer:
+    """Stands in for OrtPairedTimer: every candidate as fast as the input, at no cost.
+
+    The speed check has its own tests (test_optimize_speed_check.py); here it must neither
+    take seconds per test nor drop a pass because the machine is busy.
+    """
+
+    runs = 1
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, candidate):
+        return [1.0] * 5, [1.0] * 5
+
+
+@pytest.fixture(autouse=True)
+def neutral_timer(monkeypatch):
+    monkeypatch.setattr(optimize_module, "OrtPairedTimer", NeutralTimer)
 
 
 def sha(path: Path) -> str:
@@ -137,11 +160,106 @@ def test_verify_shape_option(tmp_path: Path, mlp_path: Path, capsys):
     assert rep["output"]["inputs"][0]["shape"] == ["B", 32]
 
 
-def test_existing_output_is_replaced(tmp_path: Path, tinycnn_path: Path, capsys):
+def marks(path: Path) -> list[str]:
+    return [p.value for p in onnx.load(path).metadata_props if p.key == OPTIMIZED_MARK]
+
+
+def test_output_is_marked_with_the_source_hash(tmp_path: Path, tinycnn_path: Path):
+    out, again = tmp_path / "o.onnx", tmp_path / "again.onnx"
+    assert main(["optimize", str(tinycnn_path), "-o", str(out), "-q"]) == 0
+    assert marks(out) == [sha(tinycnn_path)]
+    # An optimize output optimized again: one mark, naming its own source.
+    assert main(["optimize", str(out), "-o", str(again), "-q"]) == 0
+    assert marks(again) == [sha(out)]
+
+
+def test_existing_foreign_file_is_refused_and_left_as_it_was(
+    tmp_path: Path, tinycnn_path: Path, capsys
+):
+    # Replacing any existing file (earlier behaviour) could destroy the user's own model.
+    out = tmp_path / "mine.onnx"
+    out.write_bytes(tinycnn_path.read_bytes())
+    before = sha(out)
+    assert main(["optimize", str(tinycnn_path), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lepton-compile: error: ") and err.count("\n") == 1
+    assert "was not written by lepton-compile optimize" in err and "--force" in err
+    assert sha(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.onnx"]
+
+
+def test_earlier_optimize_output_is_replaced(tmp_path: Path, tinycnn_path: Path, mlp_path: Path):
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(mlp_path), "-o", str(out), "-q"]) == 0
+    assert main(["optimize", str(tinycnn_path), "-o", str(out), "-q"]) == 0
+    assert marks(out) == [sha(tinycnn_path)]
+    assert [p.name for p in tmp_path.iterdir() if p.name != "mlp.onnx"] == ["o.onnx"]
+
+
+def test_force_replaces_a_foreign_file(tmp_path: Path, tinycnn_path: Path):
     out = tmp_path / "o.onnx"
     out.write_bytes(b"old")
-    assert main(["optimize", str(tinycnn_path), "-o", str(out), "-q"]) == 0
+    assert main(["optimize", str(tinycnn_path), "-o", str(out), "-q", "--force"]) == 0
     onnx.checker.check_model(onnx.load(out))
+    assert marks(out) == [sha(tinycnn_path)]
+
+
+def test_force_never_replaces_the_input(tmp_path: Path, mlp_path: Path, capsys):
+    before = sha(mlp_path)
+    assert main(["optimize", str(mlp_path), "-o", str(mlp_path), "-q", "--force"]) == 2
+    assert "is the input model" in capsys.readouterr().err
+    assert sha(mlp_path) == before
+
+
+STRING_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (string[2] s, float[2] x) => (string[2] t, float[2] y) {
+    t = Identity (s)
+    y = Relu (x)
+}
+"""
+
+
+def test_unverifiable_model_is_an_error_unless_no_verify(tmp_path: Path, capsys):
+    # Before: a traceback, an unverified model written and exit code 0.
+    model = tmp_path / "strings.onnx"
+    onnx.save(text_model(STRING_MODEL), model)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(model), "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and err.startswith(f"lepton-compile: error: {model}: ")
+    assert "cannot be verified (no inputs can be generated: input 's'" in err
+    assert "nothing written" in err and "--no-verify" in err
+    assert "Traceback" not in captured.out + err
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+    assert main(["optimize", str(model), "-o", str(out), "--no-verify"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert "verification: off (--no-verify)" in captured.out
+    assert out.exists()
+
+
+def test_failed_shape_inference_is_one_log_line(tmp_path: Path, capsys):
+    # onnx-ir logs a failed inference with its traceback; the passes say it in one line.
+    model = tmp_path / "strings.onnx"
+    m = text_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (string[3] s, float[2] x) => (bool[3] e, float[2] y) {
+            k = Constant <value = string[3] {"a", "b", "c"}> ()
+            e = Equal (s, k)
+            y = Relu (x)
+        }
+        """
+    )  # string Equal needs opset 19: onnx's shape inference refuses this one
+    onnx.save(m, model)
+    out = tmp_path / "out.onnx"
+    args = [str(model), "-o", str(out), "--no-verify", "--target", "lepton", "-v"]
+    assert main(["optimize", *args]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, tinycnn_path: Path, monkeypatch):
@@ -181,6 +299,7 @@ def _invalid_graph(path: Path) -> None:
         ("shape-unknown-input", "which is not an input of"),
         ("verify-shape-unknown-input", "not a fed input"),
         ("output-is-input", "is the input model"),
+        ("output-is-directory", "is a directory"),
         ("bad-target", "invalid choice"),
     ],
 )
@@ -207,6 +326,8 @@ def test_bad_input_one_line_exit_2(case, message, tmp_path: Path, mlp_path: Path
         "bad-target": ["--target", "tpu"],
     }.get(case, [])
     out = mlp_path if case == "output-is-input" else tmp_path / "out.onnx"
+    if case == "output-is-directory":
+        out.mkdir()
     before = sha(mlp_path)
     code = main(["optimize", str(model), "-o", str(out), "-q", *extra])
     err = capsys.readouterr().err
@@ -215,7 +336,9 @@ def test_bad_input_one_line_exit_2(case, message, tmp_path: Path, mlp_path: Path
     if case != "bad-target":  # argparse prints its usage line first
         assert err.count("\n") == 1 and err.startswith("lepton-compile: error: ")
     assert sha(mlp_path) == before
-    if case != "output-is-input":
+    if case == "output-is-directory":
+        assert out.is_dir() and not list(out.iterdir())
+    elif case != "output-is-input":
         assert not out.exists()
     assert not list(tmp_path.glob(".*tmp"))
 
@@ -230,4 +353,6 @@ def test_help_lists_optimize(capsys):
     assert main(["--help"]) == 0
     assert "lepton-compile optimize MODEL" in capsys.readouterr().out
     assert main(["optimize", "--help"]) == 0
-    assert "--no-verify" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "--no-verify" in text and "--no-speed-check" in text and "--force" in text
+    assert "cannot be checked" in text and "not be slower than the input" in text

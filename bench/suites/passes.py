@@ -3,9 +3,10 @@
     python bench/suites/passes.py [MODEL ...] [--quick] [--out bench/results/passes-cpu.json]
 
 For each zoo model (default: two light CNNs, a CNN classifier, three detectors, two OCR
-models and a transformer encoder) the model is first made static (input dims fixed to the
-zoo's shapes by `lepton_compile.intake.load_model`), so every tool sees the same static model.
-Then each tool optimizes it:
+models and a transformer encoder, exported with static and with dynamic batch and sequence)
+the model is first made static (input dims fixed to the zoo's shapes by
+`lepton_compile.intake.load_model`), so every tool sees the same static model. Then each tool
+optimizes it:
 
     ours          lepton_compile.passes.optimize(model, "fused", target="ort")
     ours-lepton   the same with target="lepton": a row only when it emits ai.lepton ops that
@@ -28,6 +29,13 @@ that does not load is a FAILURE), and CPU latency under default session options 
 as a user runs it), measured in one interleaved `measure` call per model together with the
 original, reported as a ratio to the original's mean. Results go to bench/results/ as JSON with
 the device record and the git commit they ran on.
+
+The suite also runs `lepton-compile optimize` as a user does, on the zoo file as given (dynamic
+dims stay dynamic; verified and timed at the zoo's shapes through --verify-shape), and measures
+its output's speed against that file: both under onnxruntime ENABLE_ALL on the CPU, in many
+interleaved trials of one window each (shuffled order per trial), judged trial by trial
+(`bench.stats.paired_ratio`: geometric mean of the per-trial time ratios, t interval). The
+target is an optimize speed ratio (input time / output time) of at least 0.97 on every model.
 
 For context (never changing a verdict) the suite also records: ORT's own ENABLE_ALL run of the
 original under the same yardstick, the same comparison on standard-normal inputs, our
@@ -70,6 +78,7 @@ DEFAULT_MODELS = [
     "ppocrv4-rec",
     "ddddocr-ocr-beta",
     "minilm-l6",
+    "minilm-l6-dyn",
 ]
 TOOLS = ["ours", "ours-lepton", "onnxslim", "onnxsim", "ort-extended", "ort-basic"]
 STANDARD_PEERS = ("onnxslim", "onnxsim")  # standard ONNX ops out
@@ -81,6 +90,13 @@ SEED = 0
 # Protocol() but 15 interleaved trials instead of 5: this 2-core machine is shared, and the
 # ci95 over per-trial means narrows with more trials, not with longer windows.
 TRIALS = 15
+# The optimize speed ratio: paired trials of one window each of the input and the output.
+# On this shared 2-core machine an A/A comparison (a model against itself) lands within about
+# 3% of 1 with 30 trials; 60 halve the chance that a model no slower than its input reads
+# under the 0.97 target by noise alone.
+OPTIMIZE_TRIALS = 60
+OPTIMIZE_WINDOW_S = 0.25
+OPTIMIZE_TARGET = 0.97  # input time / output time, point estimate
 
 log = logging.getLogger("bench.passes")
 
@@ -251,6 +267,26 @@ def worker(tool: str, src: Path, out: Path, meta: Path, quick: bool) -> int:
         extra["optimize_s_without_verify"] = statistics.median(nv) if nv else None
     extra["passes_code_sha256"] = _passes_code_hash() if tool.startswith("ours") else None
     meta.write_text(json.dumps({"times_s": times, "cpu_s": cpu, **extra}))
+    return 0
+
+
+def optimize_worker(src: Path, out: Path, shapes_json: str, meta: Path) -> int:
+    """Child process: `lepton-compile optimize SRC -o OUT --verify-shape ...` as a user runs
+    it (default pipeline, verification and speed check); writes its JSON summary."""
+    logging.basicConfig(level=logging.WARNING)
+    from lepton_compile.errors import LeptonError
+    from lepton_compile.optimize import optimize_file
+
+    shapes = json.loads(shapes_json)
+    t0 = time.perf_counter()
+    try:
+        run = optimize_file(src, out, verify_shapes=shapes, force=True)
+    except LeptonError as e:  # what the CLI would print as its one-line error
+        meta.write_text(json.dumps({"error": f"lepton-compile: error: {e}"}))
+        return 0
+    summary = run.to_dict()
+    summary["wall_s"] = round(time.perf_counter() - t0, 2)
+    meta.write_text(json.dumps(summary))
     return 0
 
 
@@ -455,6 +491,111 @@ def measure_latency(
     return res
 
 
+def paired_speed(
+    input_path: Path,
+    output_path: Path,
+    feeds: dict[str, np.ndarray],
+    trials: int,
+    window_s: float,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """Speed of `output_path` relative to `input_path` (input time / output time) under
+    onnxruntime ENABLE_ALL: `trials` trials, each one window of each model in shuffled order,
+    judged by `paired_ratio` on the per-trial mean run times."""
+    import random
+
+    from lepton_compile.bench.stats import paired_ratio
+
+    sessions = [_session(input_path, optimized=True), _session(output_path, optimized=True)]
+    fed = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
+    for s, f in zip(sessions, fed, strict=True):
+        for _ in range(3):
+            s.run(None, f)
+    count, t0 = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - t0 < window_s:
+        sessions[0].run(None, fed[0])
+        count += 1
+    runs = max(1, round(window_s / ((time.perf_counter() - t0) / count)))
+    rng = random.Random(seed)
+    times: list[list[float]] = [[], []]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    for _ in range(trials):
+        order = [0, 1]
+        rng.shuffle(order)
+        for i in order:
+            t = time.perf_counter()
+            for _ in range(runs):
+                sessions[i].run(None, fed[i])
+            times[i].append((time.perf_counter() - t) / runs)
+    r = paired_ratio(times[1], times[0])
+    return {
+        "speed": 1.0 / r.ratio,
+        "speed_ci95": [1.0 / r.high if math.isfinite(r.high) else 0.0, 1.0 / r.low],
+        "time_ratio": r.to_dict(),
+        "slower_beyond_noise": r.above_one,
+        "faster_beyond_noise": r.below_one,
+        "trials": trials,
+        "runs_per_window": runs,
+        "input_ms": 1e3 * statistics.fmean(times[0]),
+        "output_ms": 1e3 * statistics.fmean(times[1]),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def run_optimize(
+    name: str, path: Path, spec: Any, feeds: dict[str, np.ndarray], tmp: Path, trials: int
+) -> dict[str, Any]:
+    """`lepton-compile optimize` on the zoo file as given, then its speed against that file."""
+    out = tmp / f"{name}.optimize.onnx"
+    meta = tmp / f"{name}.optimize.meta.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--optimize-worker", str(path)]
+    cmd += [str(out), json.dumps(spec.input_shapes), str(meta)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {WORKER_TIMEOUT_S} s"}
+    if proc.returncode != 0 or not meta.exists():
+        tail = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()][-3:]
+        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)[-600:]}
+    summary = json.loads(meta.read_text())
+    if "error" in summary:
+        return {"error": summary["error"]}
+    v = summary.get("verification") or {}
+    rec: dict[str, Any] = {
+        "command": f"lepton-compile optimize {path.name} -o OUT "
+        + " ".join(
+            f"--verify-shape {k}={'x'.join(map(str, d))}" for k, d in spec.input_shapes.items()
+        ),
+        "optimize_wall_s": summary.get("wall_s"),
+        "nodes": summary.get("nodes"),
+        "passes": summary.get("passes"),
+        "dropped": v.get("dropped"),
+        "unchanged": v.get("unchanged"),
+        "input_shapes_dropped": summary.get("input_shapes_dropped"),
+        "verification": v.get("summary"),
+        "speed_check": summary.get("speed_check"),
+        "output_inputs": (summary.get("output") or {}).get("inputs"),
+    }
+    log.info(
+        "%s: optimize: %s; measuring its speed (%d paired trials) ...",
+        name,
+        rec["verification"],
+        trials,
+    )
+    try:
+        rec["speed"] = paired_speed(path, out, feeds, trials, OPTIMIZE_WINDOW_S)
+    except Exception as e:
+        rec["error"] = f"speed measurement failed: {_one_line(e)}"
+    out.unlink(missing_ok=True)
+    return rec
+
+
 # --- one model ---------------------------------------------------------------------------------
 
 
@@ -527,9 +668,18 @@ def _best(
     return {"tool": name, key: nodes}
 
 
-def summarize_model(rows: dict[str, dict], notes: list[str], self_check: dict) -> dict[str, Any]:
+def summarize_model(
+    rows: dict[str, dict], notes: list[str], self_check: dict, optimized: dict | None = None
+) -> dict[str, Any]:
     ours = rows.get("ours", {})
     s: dict[str, Any] = {}
+    speed = (optimized or {}).get("speed") or {}
+    s["optimize_speed"] = speed.get("speed")
+    s["optimize_speed_ci95"] = speed.get("speed_ci95")
+    s["optimize_speed_target_met"] = (
+        None if speed.get("speed") is None else speed["speed"] >= OPTIMIZE_TARGET
+    )
+    s["optimize_error"] = (optimized or {}).get("error")
     std = _best(rows, STANDARD_PEERS)
     incl = _best(rows, (*STANDARD_PEERS, *ORT_PEERS))
     s["ours_nodes"] = ours.get("nodes")
@@ -600,8 +750,14 @@ def summarize_model(rows: dict[str, dict], notes: list[str], self_check: dict) -
         and s["ours_verified"]
         and s["latency_target_met"]
         and s["optimize_time_target_met"]
+        and s["optimize_speed_target_met"] is not False
+        and not s["optimize_error"]
     )
     misses = []
+    if s["optimize_error"]:
+        misses.append(f"optimize: {s['optimize_error']}")
+    if s["optimize_speed_target_met"] is False:
+        misses.append(f"optimize speed x{s['optimize_speed']:.3f} < {OPTIMIZE_TARGET}")
     if not s["nodes_target_met_standard"]:
         if std:
             misses.append(f"nodes {s['ours_nodes']} > {std['tool']} {std['nodes']}")
@@ -658,7 +814,13 @@ def load_static(path: Path, shapes: dict, tmp: Path, notes: list[str]) -> Any:
         return load_model(patched, shapes)
 
 
-def run_model(name: str, quick: bool, tmp: Path, trials: int = TRIALS) -> dict[str, Any]:
+def run_model(
+    name: str,
+    quick: bool,
+    tmp: Path,
+    trials: int = TRIALS,
+    optimize_trials: int = OPTIMIZE_TRIALS,
+) -> dict[str, Any]:
     from lepton_compile.bench.stats import better_than
     from lepton_compile.bench.zoo import MODELS, fetch
 
@@ -760,6 +922,7 @@ def run_model(name: str, quick: bool, tmp: Path, trials: int = TRIALS) -> dict[s
             rec["slower_beyond_noise"] = better_than(orig_m.latency_ms, m.latency_ms)
             rec["faster_beyond_noise"] = better_than(m.latency_ms, orig_m.latency_ms)
         row["latency"] = rec
+    optimized = run_optimize(name, path, spec, feeds, tmp, 5 if quick else optimize_trials)
     original = {
         **orig_facts,
         "latency": {k: v for k, v in orig_lat.items() if k != "measurement"},
@@ -786,7 +949,8 @@ def run_model(name: str, quick: bool, tmp: Path, trials: int = TRIALS) -> dict[s
             "loadavg_1m_after": round(load_after[0], 2),
             "note": "other processes on this machine add noise; trials are interleaved",
         },
-        "summary": summarize_model(rows, notes, self_check),
+        "optimize": optimized,
+        "summary": summarize_model(rows, notes, self_check, optimized),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -873,6 +1037,19 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{best.get('nodes')} / incl ORT {incl.get('tool')} {incl.get('nodes')}"
         )
         lines.append(head + (f"; optimize time x{tr:.2f} onnxslim's" if tr is not None else ""))
+        opt = r.get("optimize") or {}
+        sp = opt.get("speed") or {}
+        if sp:
+            lo, hi = sp["speed_ci95"]
+            dropped = [d["pass"] for d in opt.get("dropped") or []]
+            lines.append(
+                f"{'':<17}=> lepton-compile optimize: speed x{sp['speed']:.3f} "
+                f"[{lo:.3f}, {hi:.3f}] ({sp['trials']} paired trials)"
+                + (f", dropped {', '.join(dropped)}" if dropped else "")
+                + (", --input-shape not applied" if opt.get("input_shapes_dropped") else "")
+            )
+        elif opt.get("error"):
+            lines.append(f"{'':<17}=> lepton-compile optimize: {opt['error'][:90]}")
         verdict = "ALL TARGETS MET" if s["all_targets_met"] else "MISSED: " + "; ".join(s["misses"])
         lines.append(f"{'':<17}=> {verdict}")
     lines.append(
@@ -888,6 +1065,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--worker":
         _, tool, src, out, meta, *rest = argv
         return worker(tool, Path(src), Path(out), Path(meta), "--quick" in rest)
+    if argv and argv[0] == "--optimize-worker":
+        _, src, out, shapes, meta = argv
+        return optimize_worker(Path(src), Path(out), shapes, Path(meta))
 
     from lepton_compile.bench.device import PACKAGES, device_record, package_versions, record_key
     from lepton_compile.bench.protocol import Protocol
@@ -899,6 +1079,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "passes-cpu.json")
     ap.add_argument(
         "--trials", type=int, default=TRIALS, help="interleaved latency trials (not with --quick)"
+    )
+    ap.add_argument(
+        "--optimize-trials",
+        type=int,
+        default=OPTIMIZE_TRIALS,
+        help="paired trials of the optimize speed ratio (not with --quick)",
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -912,7 +1098,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="passes-bench-") as tmp:
         for name in args.models:
             try:
-                results.append(run_model(name, args.quick, Path(tmp), args.trials))
+                results.append(
+                    run_model(name, args.quick, Path(tmp), args.trials, args.optimize_trials)
+                )
             except Exception as e:  # one model's failure is a result too
                 log.exception("%s failed", name)
                 results.append(
@@ -980,6 +1168,24 @@ def main(argv: list[str] | None = None) -> int:
                 "library changed while the suite ran"
             ),
             "nodes_inlined": "node count after inlining model-local functions (ai.lepton ops)",
+            "optimize": (
+                "lepton_compile.optimize.optimize_file(zoo file as given, OUT, "
+                "verify_shapes=zoo input_shapes): what `lepton-compile optimize FILE -o OUT "
+                "--verify-shape ...` does (fused pipeline, target ort, verification, speed "
+                "check), run in a child process"
+            ),
+            "optimize_speed": (
+                f"input time / output time under onnxruntime ENABLE_ALL, CPUExecutionProvider, "
+                f"default threads, on the suite's seeded inputs at the zoo shapes; "
+                f"{args.optimize_trials} trials, each one ~{OPTIMIZE_WINDOW_S:g} s window of the "
+                "input file and of the output in shuffled order; per-trial mean run time; "
+                "bench.stats.paired_ratio (geometric mean of per-trial ratios, Student-t 95% "
+                "CI), inverted to a speed. The machine is shared with other work: the paired "
+                "design cancels the drift common to both models within a trial, the CI carries "
+                "the rest; loadavg_1m_before/after give the machine's load around each "
+                "measurement. A/A on this machine (a model against itself, 30 trials) read "
+                "0.97-1.03: point estimates within 3% of 1 are noise"
+            ),
             "best_standard_peer": "fewest nodes among onnxslim/onnxsim outputs that verified",
             "best_peer_incl_ort_extended": "same, also counting ort-extended (contrib ops)",
         },
@@ -988,6 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
             "verification": "zero failures",
             "latency": "ours not slower than the original beyond noise",
             "optimize_time": "ours <= 2x onnxslim",
+            "optimize_speed": f"lepton-compile optimize output >= {OPTIMIZE_TARGET}x the input's "
+            "speed (point estimate of the paired ratio) on every model",
         },
         "overall": {
             "models": len(results),
@@ -998,6 +1206,15 @@ def main(argv: list[str] | None = None) -> int:
                 r["model"]: r["summary"]["verification_failures"]
                 for r in ok
                 if r["summary"]["verification_failures"]
+            },
+            "optimize_speed": {
+                r["model"]: {
+                    "speed": r["summary"].get("optimize_speed"),
+                    "ci95": r["summary"].get("optimize_speed_ci95"),
+                    "target_met": r["summary"].get("optimize_speed_target_met"),
+                    "error": r["summary"].get("optimize_error"),
+                }
+                for r in ok
             },
         },
         "results": results,

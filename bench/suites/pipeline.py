@@ -1,12 +1,16 @@
-"""Pipeline benchmark: the whole `lepton-compile` job on real public models, timed end to end.
+"""Pipeline benchmark: `lepton-compile MODEL` on real public models, cold, as a user runs it.
 
     python bench/suites/pipeline.py [MODEL ...] [--quick] [--out bench/results/pipeline-cpu.json]
 
-For each model (default: a CNN, an OCR recognizer, a detector and a transformer from the zoo)
-it records the pipeline's wall time, every variant's status and figures, and then re-measures
-the pick against the original in a fresh, separate measurement (new sessions, same protocol),
-so "the pick is never slower than the original beyond noise" is checked on numbers that the
-selection did not see. Results go to bench/results/ as JSON with the device record.
+For each model it runs the command line with default flags and an empty result cache,
+records the wall time, the pick and its ratio to the original, and then re-measures OUTSIDE
+the tool: every verified variant against the original, two sessions loaded afresh, windows
+interleaved in shuffled order, judged by the per-trial ratio of window medians (Student t on
+the log-ratios). That independent A/B is what the targets are checked on:
+
+- cold wall time <= 180 s for models up to ~10 MB, <= 300 s up to ~100 MB;
+- the pick's A/B ratio never below 0.97x (speed of pick / speed of original);
+- wherever some verified variant is >= 1.2x faster in the A/B, the pick is >= 1.15x.
 """
 
 from __future__ import annotations
@@ -15,94 +19,156 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
+import random
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from lepton_compile import compile as lc_compile
-from lepton_compile import load
+import numpy as np
+
 from lepton_compile.bench.device import device_record, record_key
-from lepton_compile.bench.energy import get_meter
-from lepton_compile.bench.protocol import Protocol, measure
-from lepton_compile.bench.stats import better_than
+from lepton_compile.bench.stats import paired_ratio
 from lepton_compile.bench.zoo import MODELS, fetch
 
-DEFAULT_MODELS = ["resnet50", "ppocrv4-rec", "ddddocr-det", "minilm-l6"]
+DEFAULT_MODELS = [
+    "resnet50",
+    "ppocr-cls",
+    "ppocrv4-det",
+    "picodet-layout",
+    "ppocrv4-rec",
+    "ddddocr-ocr-beta",
+    "minilm-l6",
+]
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 log = logging.getLogger("bench.pipeline")
 
 
-def run_one(name: str, quick: bool) -> dict:
+def _session(path: Path, backend: str) -> Any:
+    if backend == "ort":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return lambda feed: sess.run(None, feed)
+    from lepton_compile import load
+
+    s = load(path, backend=backend)
+    return s.run
+
+
+def ab(a: Any, b: Any, feed: dict, trials: int, window_s: float, seed: int = 0) -> dict:
+    """Interleaved A/B of two callables: per trial one window each, order shuffled; the
+    ratio of window medians (b over a) per trial, t interval on the logs."""
+    rng = random.Random(seed)
+    for fn in (a, b):  # warm-up
+        for _ in range(3):
+            fn(feed)
+    med: dict[str, list[float]] = {"a": [], "b": []}
+    for _ in range(trials):
+        order = [("a", a), ("b", b)]
+        rng.shuffle(order)
+        for key, fn in order:
+            lat = []
+            start = time.perf_counter()
+            while len(lat) < 3 or time.perf_counter() - start < window_s:
+                t0 = time.perf_counter()
+                fn(feed)
+                lat.append(time.perf_counter() - t0)
+            med[key].append(float(np.median(lat)) * 1e3)
+    r = paired_ratio(med["b"], med["a"])
+    return {
+        "speedup": round(1.0 / r.ratio, 4),
+        "speedup_ci95": [round(1.0 / r.high, 4), round(1.0 / r.low, 4)],
+        "trials": trials,
+        "window_s": window_s,
+        "a_median_ms": round(float(np.median(med["a"])), 4),
+        "b_median_ms": round(float(np.median(med["b"])), 4),
+        "method": "interleaved windows, shuffled; t interval on per-trial log-ratios of medians",
+    }
+
+
+def run_one(name: str, quick: bool, work: Path) -> dict:
     spec = MODELS[name]
     path = fetch(name)
+    out = work / f"{name}.lepton"
+    shapes = [f"{k}={'x'.join(map(str, v))}" for k, v in spec.input_shapes.items()]
+    cmd = ["lepton-compile", str(path), "-o", str(out), "--json"]
+    for s in shapes:
+        cmd += ["--input-shape", s]
+    if quick:
+        cmd.append("--quick")
+    env = dict(os.environ, LEPTON_CACHE=str(work / f"{name}-cache.sqlite"))  # cold
     t0 = time.perf_counter()
-    res = lc_compile(path, input_shapes=spec.input_shapes, quick=quick)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
-    rep = res.report
-    variants = [
-        {
-            "id": v["id"],
-            "status": v["status"],
-            "reason": v.get("reason"),
-            "latency_ms_mean": (v.get("latency_ms") or {}).get("mean"),
-            "latency_ms_ci95": (v.get("latency_ms") or {}).get("ci95"),
-            "energy_j": (v.get("energy_j") or {}).get("per_inference"),
-            "energy_method": (v.get("energy_j") or {}).get("method"),
-            "accuracy_drop": (v.get("accuracy") or {}).get("drop"),
-            "min_sqnr_db": (v.get("accuracy") or {}).get("min_sqnr_db"),
-            "size_bytes": v.get("size_bytes"),
-            "pareto": v.get("pareto"),
-            "build_s": (v.get("build") or {}).get("seconds"),
-        }
-        for v in rep["variants"]
-    ]
-    # Independent check of the pick: fresh sessions, its own interleaved measurement.
-    check: dict = {"pick": res.best.id}
-    if res.best.id != res.baseline.id and res.best.artifact and res.baseline.artifact:
-        from lepton_compile.inputs import prepare
-
-        feed = prepare(res.model, eval_samples=1, calibration_samples=0).eval[0]
-        s_orig = load(res.baseline.artifact)
-        s_best = load(res.best.artifact, device=res.best.device)
-        m = measure(
-            {"original": lambda: s_orig.run(feed), "pick": lambda: s_best.run(feed)},
-            get_meter("auto"),
-            Protocol.quick() if quick else Protocol(),
-        )
-        lo, lb = m["original"].latency_ms, m["pick"].latency_ms
-        assert lo and lb
-        check |= {
-            "original_ms": lo.mean,
-            "original_ci95": lo.ci95,
-            "pick_ms": lb.mean,
-            "pick_ci95": lb.ci95,
-            "speedup": lo.mean / lb.mean,
-            "pick_slower_beyond_noise": better_than(lo, lb),
-        }
-    else:
-        check |= {
-            "speedup": 1.0,
-            "pick_slower_beyond_noise": False,
-            "note": "the original was picked: nothing to re-check",
-        }
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    rep = json.loads((out / "report.json").read_text())
+    by_id = {v["id"]: v for v in rep["variants"]}
+    base = by_id[rep["baseline"]]
     best = rep["best"]
-    out = {
+
+    from lepton_compile.inputs import prepare
+    from lepton_compile.intake import load_model
+
+    feed = prepare(load_model(path, spec.input_shapes), None, 0, 1, seed=7).eval[0]
+    orig = _session(path, "ort")
+    trials, window = (5, 0.1) if quick else (12, 0.3)
+    checks = {}
+    for v in rep["variants"]:
+        if v["status"] not in ("ok", "dropped") or v["id"] == base["id"] or not v["artifact"]:
+            continue
+        if v.get("device") != "cpu":
+            continue
+        try:
+            fn = _session(out / v["artifact"], v["backend"])
+            checks[v["id"]] = ab(orig, fn, feed, trials, window)
+        except Exception as e:  # a variant the A/B cannot load is reported, not fatal
+            checks[v["id"]] = {"error": f"{type(e).__name__}: {e}"}
+    pick_ab = checks.get(best["id"], {"speedup": 1.0, "note": "the original was picked"})
+    fastest = max((c["speedup"] for c in checks.values() if "speedup" in c), default=1.0)
+    ratio = (best.get("ratio_to_original") or {}).get("latency") or {}
+    size = path.stat().st_size
+    limit = 180 if size <= 12e6 else 300
+    row = {
         "model": name,
         "kind": spec.kind,
-        "size_bytes": path.stat().st_size,
+        "size_bytes": size,
         "input_shapes": spec.input_shapes,
-        "pipeline_wall_s": round(wall, 2),
-        "best": best["id"],
-        "best_reason": best["reason"],
-        "best_over_original_latency": (
-            round(1.0 / best["latency_speedup"], 4) if best.get("latency_speedup") else None
-        ),
-        "recheck": check,
-        "variants": variants,
+        "command": " ".join(cmd[:1] + [name] + cmd[2:]),
+        "exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
+        "wall_target_s": limit,
+        "pick": best["id"],
+        "pick_reason": best["reason"],
+        "pick_ratio_to_original_latency": ratio,
+        "decision": rep.get("decision"),
+        "statuses": {v["id"]: v["status"] for v in rep["variants"]},
+        "reasons": {v["id"]: v.get("reason") for v in rep["variants"] if v.get("reason")},
+        "independent_ab": checks,
+        "pick_ab_speedup": pick_ab.get("speedup"),
+        "fastest_verified_ab_speedup": fastest,
+        "targets": {
+            "wall": wall <= limit,
+            "pick_not_slower": pick_ab.get("speedup", 1.0) >= 0.97,
+            "pick_takes_the_gain": fastest < 1.2 or pick_ab.get("speedup", 1.0) >= 1.15,
+        },
     }
-    log.info("%s: %.1f s, best %s (%s)", name, wall, best["id"], best["reason"])
-    return out
+    log.info(
+        "%s: %.0f s, pick %s (A/B %.2fx; fastest verified %.2fx)",
+        name,
+        wall,
+        best["id"],
+        row["pick_ab_speedup"] or 1.0,
+        fastest,
+    )
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,23 +182,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
     rows = []
-    for name in args.models:
-        try:
-            rows.append(run_one(name, args.quick))
-        except Exception as e:  # one model's failure is a result too
-            log.exception("%s failed", name)
-            rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-") as tmp:
+        for name in args.models:
+            try:
+                rows.append(run_one(name, args.quick, Path(tmp)))
+            except Exception as e:  # one model's failure is a result too
+                log.exception("%s failed", name)
+                rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
     dev = device_record(["CPUExecutionProvider"])
     dev["key"] = record_key(dev)
     result = {
         "suite": "pipeline",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python bench/suites/pipeline.py " + " ".join(argv or sys.argv[1:]),
-        "protocol": "quick" if args.quick else "default",
+        "protocol": "quick" if args.quick else "default flags, cold result cache",
         "device": dev,
         "targets": {
-            "pipeline_wall_s_10MB_model": "< 180 s on a 2-core machine",
-            "pick_never_slower": "recheck.pick_slower_beyond_noise is false for every model",
+            "wall_s": "<= 180 s up to ~10 MB, <= 300 s up to ~100 MB (cold)",
+            "pick_ab_speedup": ">= 0.97 on every model (independent A/B)",
+            "pick_takes_the_gain": "where a verified variant is >= 1.2x in the A/B, the pick "
+            "is >= 1.15x",
         },
         "results": rows,
     }

@@ -256,3 +256,35 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "removed 1" in capsys.readouterr().out
     assert cache_mod.main(["--path", str(path), "clear", "--older-than", "soon"]) == 2
     assert cache_mod.parse_age("15m") == 900 and cache_mod.parse_age("2") == 2
+
+
+def test_source_fingerprint_follows_the_code(tmp_path):
+    """An edited pass must not get yesterday's cached artifacts: the key follows the source."""
+    from lepton_compile.bench.device import source_fingerprint
+
+    pkg = tmp_path / "pkg"
+    (pkg / "passes").mkdir(parents=True)
+    (pkg / "passes" / "fuse.py").write_text("def run():\n    return 1\n")
+    before = source_fingerprint((str(pkg),))
+    assert before == source_fingerprint((str(pkg),))
+    (pkg / "passes" / "fuse.py").write_text("def run():\n    return 2\n")
+    source_fingerprint.cache_clear()
+    assert source_fingerprint((str(pkg),)) != before
+
+
+def test_result_key_includes_the_source_fingerprint(monkeypatch):
+    from lepton_compile.bench import device
+    from lepton_compile.bench.cache import result_key
+
+    parts = dict(
+        model_sha256="ab" * 32,
+        recipe={"name": "fused"},
+        backend="ort",
+        backend_options={},
+        device_record={"cpu": {"model": "x"}, "packages": {"onnx": "1"}},
+        protocol={"trials": 5},
+    )
+    monkeypatch.setattr(device, "own_version", lambda: "0.1.0+src.aaaa")
+    a = result_key(**parts)
+    monkeypatch.setattr(device, "own_version", lambda: "0.1.0+src.bbbb")
+    assert result_key(**parts) != a

@@ -100,7 +100,7 @@ def test_specs_are_pinned_and_complete() -> None:
         assert set(spec.input_ranges) <= set(spec.input_shapes), name
         if spec.export:
             assert spec.export in zoo._BUILDERS and len(spec.source_sha256) == 64, name
-    assert zoo.list_models("transformer") == ["minilm-l6"]
+    assert zoo.list_models("transformer") == ["minilm-l6", "minilm-l6-dyn"]
     assert "resnet50" in zoo.list_models("cnn")
 
 
