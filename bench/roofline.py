@@ -52,6 +52,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from lepton_compile.contract import ACTIVATIONS as LEPTON_ACTIVATIONS
+from lepton_compile.contract import DOMAIN as LEPTON_DOMAIN
+from lepton_compile.contract import SCHEMAS as LEPTON_SCHEMAS
+
 __all__ = [
     "BATCHNORM_FLOPS",
     "DATA_MOVEMENT",
@@ -572,10 +576,43 @@ def _qlinear_elementwise(node: onnx.NodeProto, ctx: _Ctx) -> _Cost:
     return 0.0, 0.0, 0.0, float(4 * ctx.numel(node.output[0])), 0.0
 
 
+def _lepton_activation_flops(node: onnx.NodeProto, prefix: str) -> float:
+    """Per-element FLOPs of an ai.lepton epilogue activation, counted as its ONNX op."""
+    name = _attrs(node).get(prefix, b"none")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    spec = LEPTON_ACTIVATIONS.get(name)
+    if spec is None:
+        raise _Unknown(f"{prefix} {name!r} is not an ai.lepton activation")
+    if spec.onnx_op is None:
+        return 0.0
+    return float(_ELEMENTWISE.get(spec.onnx_op, TRANSCENDENTAL_FLOPS))
+
+
+def _lepton_cost(node: onnx.NodeProto, ctx: _Ctx) -> _Cost:
+    """An ai.lepton fused op (lepton_compile.contract): its base op plus the epilogue."""
+    schema = LEPTON_SCHEMAS.get(node.op_type)
+    if schema is None:
+        raise _Unknown(f"{LEPTON_DOMAIN}.{node.op_type} is not an op of the contract")
+    n = ctx.numel(node.output[0])
+    if schema.base_op == "Conv":
+        f, mf, macs, _, _ = _conv(node, ctx, node.input[0], node.input[1], _inp(node, 2), False)
+    elif schema.base_op == "Gemm":
+        f, mf, macs, _, _ = _gemm(node, ctx)
+    else:
+        f, mf, macs, _, _ = _matmul(node, ctx, node.input[0])
+        f += n if _inp(node, 2) else 0  # + bias
+    per = _lepton_activation_flops(node, "activation")
+    if _inp(node, 3):  # residual add, then the post-activation
+        per += 1 + _lepton_activation_flops(node, "post_activation")
+    return f + per * n, mf, macs, 0.0, 0.0
+
+
 def _node_cost(node: onnx.NodeProto, ctx: _Ctx) -> _Cost:
     op, dom = node.op_type, node.domain
     if op in _CONTROL_FLOW:
         raise _Unknown("control flow: subgraph work is not counted")
+    if dom == LEPTON_DOMAIN:
+        return _lepton_cost(node, ctx)
     if dom not in ("", "ai.onnx", _DOMAIN_MS):
         raise _Unknown(f"custom domain {dom!r}: no formula")
     if op in ("Conv", "ConvTranspose", "NhwcConv"):

@@ -20,77 +20,62 @@ import torch
 import triton
 import triton.language as tl
 
-# ---------------------------------------------------------------------------------------
-# Activations. These mirror passes/lepton_ops.py ACTIVATIONS (names, order of parameters,
-# defaults); kernels may not import passes, so tests/kernels assert that the two agree.
-# The position of a name in ACTIVATION_NAMES is the constexpr code the kernels branch on.
+from lepton_compile.contract import ACTIVATION_CODES, ACTIVATIONS, resolve_activation
 
-ACTIVATION_NAMES: tuple[str, ...] = (
-    "none",
-    "relu",
-    "sigmoid",
-    "tanh",
-    "leaky_relu",
-    "clip",
-    "hard_sigmoid",
-    "hardswish",
-    "silu",
-    "gelu",
-)
-ACTIVATION_DEFAULTS: dict[str, tuple[float, ...]] = {
-    "none": (),
-    "relu": (),
-    "sigmoid": (),
-    "tanh": (),
-    "leaky_relu": (0.01,),
-    "clip": (-math.inf, math.inf),
-    "hard_sigmoid": (0.2, 0.5),
-    "hardswish": (),
-    "silu": (),
-    "gelu": (),
-}
-ACT_CODES: dict[str, int] = {name: i for i, name in enumerate(ACTIVATION_NAMES)}
+# ---------------------------------------------------------------------------------------
+# Activations: the contract's (lepton_compile.contract). An activation's `code` is the
+# constexpr the kernels branch on in `apply_activation`.
 
 INT32_MAX = 2**31 - 1
 
 
-def resolve_activation(name: str, params: Sequence[float], what: str = "activation") -> tuple:
+def activation_args(name: str, params: Sequence[float], what: str = "activation") -> tuple:
     """(code, p0, p1) for an activation; ValueError for an unknown name or a wrong count."""
-    if name not in ACT_CODES:
-        raise ValueError(f"{what} {name!r} is not one of {', '.join(ACTIVATION_NAMES)}")
-    defaults = ACTIVATION_DEFAULTS[name]
-    if not params:
-        params = defaults
-    if len(params) != len(defaults):
-        raise ValueError(
-            f"{what} {name!r} takes {len(defaults)} parameters, got {len(params)}: {list(params)}"
-        )
-    p = [float(x) for x in params] + [0.0, 0.0]
-    return ACT_CODES[name], p[0], p[1]
+    resolved = resolve_activation(name, params, what)
+    p = [*resolved, 0.0, 0.0]
+    return ACTIVATION_CODES[name], p[0], p[1]
+
+
+# The codes as compile-time globals of the kernels, so that the branches below follow the
+# contract's numbering rather than repeat it.
+ACT_RELU = tl.constexpr(ACTIVATION_CODES["relu"])
+ACT_SIGMOID = tl.constexpr(ACTIVATION_CODES["sigmoid"])
+ACT_TANH = tl.constexpr(ACTIVATION_CODES["tanh"])
+ACT_LEAKY_RELU = tl.constexpr(ACTIVATION_CODES["leaky_relu"])
+ACT_CLIP = tl.constexpr(ACTIVATION_CODES["clip"])
+ACT_HARD_SIGMOID = tl.constexpr(ACTIVATION_CODES["hard_sigmoid"])
+ACT_HARDSWISH = tl.constexpr(ACTIVATION_CODES["hardswish"])
+ACT_SILU = tl.constexpr(ACTIVATION_CODES["silu"])
+ACT_GELU = tl.constexpr(ACTIVATION_CODES["gelu"])
+_BRANCHES = {"none", "relu", "sigmoid", "tanh", "leaky_relu", "clip", "hard_sigmoid"}
+_BRANCHES |= {"hardswish", "silu", "gelu"}
+# A contract activation added later needs its branch in apply_activation (and here).
+assert set(ACTIVATIONS) == _BRANCHES, sorted(set(ACTIVATIONS) ^ _BRANCHES)
 
 
 @triton.jit
 def apply_activation(x, ACT: tl.constexpr, p0, p1):
-    """ACTIVATION_NAMES[ACT] on an fp32 tile (tl.math only: libdevice fails in the interpreter)."""
-    if ACT == 1:  # relu
+    """The contract activation of code ACT on an fp32 tile (tl.math only: libdevice fails in
+    the interpreter)."""
+    if ACT == ACT_RELU:
         x = tl.maximum(x, 0.0)
-    elif ACT == 2:  # sigmoid
+    elif ACT == ACT_SIGMOID:
         x = tl.sigmoid(x)
-    elif ACT == 3:  # tanh, from exp of a non-positive argument (no overflow)
+    elif ACT == ACT_TANH:  # from exp of a non-positive argument (no overflow)
         e = tl.exp(-2.0 * tl.abs(x))
         t = (1.0 - e) / (1.0 + e)
         x = tl.where(x < 0, -t, t)
-    elif ACT == 4:  # leaky_relu(alpha)
+    elif ACT == ACT_LEAKY_RELU:  # alpha
         x = tl.where(x >= 0, x, p0 * x)
-    elif ACT == 5:  # clip(min, max)
+    elif ACT == ACT_CLIP:  # min, max
         x = tl.minimum(tl.maximum(x, p0), p1)
-    elif ACT == 6:  # hard_sigmoid(alpha, beta)
+    elif ACT == ACT_HARD_SIGMOID:  # alpha, beta
         x = tl.minimum(tl.maximum(p0 * x + p1, 0.0), 1.0)
-    elif ACT == 7:  # hardswish
+    elif ACT == ACT_HARDSWISH:
         x = x * tl.minimum(tl.maximum(x * (1.0 / 6.0) + 0.5, 0.0), 1.0)
-    elif ACT == 8:  # silu
+    elif ACT == ACT_SILU:
         x = x * tl.sigmoid(x)
-    elif ACT == 9:  # gelu (erf form)
+    elif ACT == ACT_GELU:  # erf form
         x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
     return x
 
@@ -207,8 +192,8 @@ SPLITK_EPILOGUE_BLOCK = (32, 128)  # (BLOCK_M, BLOCK_N) of the reduce pass: memo
 
 
 def activation_reference(name: str, x: torch.Tensor, params: Sequence[float] = ()) -> torch.Tensor:
-    """ACTIVATION_NAMES activation of an fp32 tensor, with torch ops."""
-    _, p0, p1 = resolve_activation(name, params)
+    """A contract activation of an fp32 tensor, with torch ops."""
+    _, p0, p1 = activation_args(name, params)
     if name == "none":
         return x
     if name == "relu":
@@ -487,6 +472,26 @@ def reset_caches() -> None:
         cache.clear()
 
 
+# Launches per kernel family ("gemm", "gemm_tma", "w8a8", "fp8", "int4", "conv2d",
+# "depthwise", "splitk-epilogue") since the last reset: what tests read to show that a
+# kernel really ran (a CUDA graph replay launches without passing here). One dict
+# increment per launch.
+_LAUNCHES: dict[str, int] = {}
+
+
+def count_launch(family: str) -> None:
+    _LAUNCHES[family] = _LAUNCHES.get(family, 0) + 1
+
+
+def launch_counts() -> dict[str, int]:
+    """Kernel launches per family since `reset_launch_counts()` (a copy)."""
+    return dict(_LAUNCHES)
+
+
+def reset_launch_counts() -> None:
+    _LAUNCHES.clear()
+
+
 def last_config(family: str) -> triton.Config | None:
     """The config the last launch of a kernel family ("gemm", "w8a8", "conv2d", ...) ran with."""
     return _LAST_CONFIG.get(family)
@@ -527,12 +532,16 @@ def _run_config(
     kernel: Any,
     grid: Callable[[dict], tuple],
     args: dict[str, Any],
+    cfg: triton.Config,
     cfg_kwargs: dict[str, Any],
     heuristics: dict[str, Callable[[dict], Any]] | None,
 ) -> None:
     # What Autotuner.run and Heuristics.run do for a known config: config kwargs over the
-    # arguments, heuristics over both, then the jit function with the grid of that.
+    # arguments, the config's pre-hook, heuristics over both, then the jit function with the
+    # grid of that.
     meta = {**args, **cfg_kwargs}
+    if getattr(cfg, "pre_hook", None) is not None:
+        cfg.pre_hook(meta)
     if heuristics:
         for name, fn in heuristics.items():
             meta[name] = fn(meta)
@@ -560,9 +569,10 @@ def launch(
     or dummy pointers) for the same arguments on every call.
     """
     family = tuner_id[0]
+    count_launch(family)
     if len(configs) == 1 or not _can_autotune():
         cfg = configs[0]
-        _run_config(kernel, grid, args, launch_kwargs(cfg), heuristics)
+        _run_config(kernel, grid, args, cfg, launch_kwargs(cfg), heuristics)
         _LAST_CONFIG[family] = cfg
         return cfg
     tensors = _TENSOR_ARGS.get(tuner_id)
@@ -574,7 +584,7 @@ def launch(
     best = _BEST.get(tune_key)
     if best is not None:
         cfg, cfg_kwargs = best
-        _run_config(kernel, grid, args, cfg_kwargs, heuristics)
+        _run_config(kernel, grid, args, cfg, cfg_kwargs, heuristics)
         _LAST_CONFIG[family] = cfg
         return cfg
     tuner = _TUNERS.get(tuner_id)
@@ -703,6 +713,7 @@ def run_splitk_epilogue(
     m, n = y2d.shape
     bm, bn = SPLITK_EPILOGUE_BLOCK
     grid = (cdiv(m, bm), cdiv(n, bn))
+    count_launch("splitk-epilogue")
     splitk_epilogue_kernel[grid](
         ws,
         bias if bias is not None else ws,
@@ -753,10 +764,8 @@ def epilogue_args(
     key = (activation, pa, post_activation, pq) if pa is not None and pq is not None else None
     codes = _EPILOGUES.get(key) if key is not None else None
     if codes is None:
-        act, p0, p1 = resolve_activation(activation, activation_params)
-        post, q0, q1 = resolve_activation(
-            post_activation, post_activation_params, "post_activation"
-        )
+        act, p0, p1 = activation_args(activation, activation_params)
+        post, q0, q1 = activation_args(post_activation, post_activation_params, "post_activation")
         codes = (act, p0, p1, post, q0, q1)
         if key is not None:
             _EPILOGUES[key] = codes
@@ -915,6 +924,32 @@ def fit_smem(
     return fitting
 
 
+class SplitKRule:
+    """The SPLIT_K heuristic of a GEMM launch: `fixed`, else `pick_split_k` per config.
+
+    Split-K is decided per config (its tiles and K-blocks), not from the first config of a
+    bucket, so autotuning compares each tile shape with the split that suits it. The
+    workspace is sized for the largest split any candidate config may take.
+    """
+
+    def __init__(self, fixed: int | None, sms: int) -> None:
+        if fixed is not None and fixed < 1:
+            raise ValueError(f"split_k must be >= 1, got {fixed}")
+        self.fixed = fixed
+        self.sms = sms
+
+    def __call__(self, meta: dict) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        tiles = cdiv(meta["M"], meta["BLOCK_M"]) * cdiv(meta["N"], meta["BLOCK_N"])
+        return pick_split_k(tiles, cdiv(meta["K"], meta["BLOCK_K"]), self.sms)
+
+    @property
+    def key(self) -> tuple:
+        """What tells tuners apart: the fixed split, or the machine size the rule reads."""
+        return ("fixed", self.fixed) if self.fixed is not None else ("auto", self.sms)
+
+
 def gemm_split_k(
     split_k: int | None,
     configs: Sequence[triton.Config],
@@ -923,19 +958,20 @@ def gemm_split_k(
     k: int,
     device: torch.device,
     y2d: torch.Tensor,
-) -> tuple[int, torch.Tensor]:
-    """(split_k, workspace): split_k picked from the first config when None, then checked.
+) -> tuple[SplitKRule, torch.Tensor]:
+    """(rule, workspace): the SPLIT_K rule, and a (max split, m, n) fp32 workspace (y2d
+    itself when no config splits)."""
+    rule = SplitKRule(split_k, num_sms(device))
+    most = max(rule({"M": m, "N": n, "K": k, **c.kwargs}) for c in configs)
+    ws = torch.empty((most, m, n), device=device, dtype=torch.float32) if most > 1 else y2d
+    return rule, ws
 
-    The workspace is a (split_k, m, n) fp32 tensor when split_k > 1, else y2d itself.
-    """
-    if split_k is None:
-        c0 = configs[0].kwargs
-        tiles = cdiv(m, c0["BLOCK_M"]) * cdiv(n, c0["BLOCK_N"])
-        split_k = pick_split_k(tiles, cdiv(k, c0["BLOCK_K"]), num_sms(device))
-    if split_k < 1:
-        raise ValueError(f"split_k must be >= 1, got {split_k}")
-    ws = torch.empty((split_k, m, n), device=device, dtype=torch.float32) if split_k > 1 else y2d
-    return split_k, ws
+
+def launched_split(rule: SplitKRule, args: dict[str, Any], cfg: triton.Config | None) -> int:
+    """The SPLIT_K the launch of `cfg` ran with (reduce its partials when > 1)."""
+    if cfg is None:
+        raise RuntimeError("the autotuner did not report its pick: split-K unknown")
+    return rule({**args, **cfg.kwargs})
 
 
 def gemm_grid(meta: dict) -> tuple:
@@ -947,4 +983,4 @@ def even_k(meta: dict) -> bool:
     return meta["K"] % meta["BLOCK_K"] == 0
 
 
-GEMM_TUNE_KEY = ("M", "N", "K", "SPLIT_K", "stride_ak", "stride_bn")
+GEMM_TUNE_KEY = ("M", "N", "K", "stride_ak", "stride_bn")

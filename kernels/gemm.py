@@ -37,6 +37,7 @@ from lepton_compile.kernels._common import (
     gemm_split_k,
     grouped_tile,
     launch,
+    launched_split,
     make_configs,
     memo_configs,
     run_splitk_epilogue,
@@ -137,7 +138,9 @@ def gemm_kernel(
 # Configs: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps), for 16-bit inputs.
 
 _SM90 = {
-    # 128x256 / 256x128 with 8 warps (two warpgroups of wgmma) for the big square shapes.
+    # 128x256 / 256x128 with 8 warps (two warpgroups of wgmma) for the big square shapes;
+    # BERT-class layers (M = batch x 128 tokens, N and K of 768..3072) also get deeper K
+    # tiles and 64x256 tiles for their narrow N = 768.
     "large": [
         (128, 256, 64, 8, 3, 8),
         (256, 128, 64, 8, 3, 8),
@@ -145,6 +148,8 @@ _SM90 = {
         (128, 128, 64, 8, 4, 4),
         (128, 64, 64, 8, 4, 4),
         (64, 128, 64, 8, 4, 4),
+        (128, 128, 128, 8, 3, 8),
+        (64, 256, 64, 8, 4, 8),
     ],
     "m512": [
         (128, 128, 64, 8, 4, 8),
@@ -153,12 +158,16 @@ _SM90 = {
         (64, 256, 64, 8, 3, 8),
         (64, 64, 64, 8, 5, 4),
     ],
+    # Batch 1 of a BERT-class encoder (M = 128): few 64-row tiles leave most SMs idle, so
+    # 32-row tiles (mma.sync) and split-K (per config, see SplitKRule) compete too.
     "m128": [
         (64, 128, 64, 8, 4, 4),
         (64, 64, 128, 8, 4, 4),
         (64, 64, 64, 8, 5, 4),
         (128, 64, 64, 8, 4, 4),
         (64, 256, 64, 8, 3, 8),
+        (32, 64, 128, 8, 4, 4),
+        (32, 128, 64, 8, 4, 4),
     ],
     # M <= 32 cannot fill a 64-row wgmma: mma.sync tiles of 16/32 rows, long K blocks.
     "m32": [
@@ -167,6 +176,8 @@ _SM90 = {
         (16, 128, 128, 1, 3, 4),
         (32, 128, 64, 1, 4, 4),
         (64, 64, 128, 1, 4, 4),
+        (16, 256, 64, 1, 3, 4),
+        (16, 32, 256, 1, 4, 2),
     ],
 }
 
@@ -289,10 +300,10 @@ def gemm(
             ("gemm", arch, bucket, elem, facts.smem),
             lambda: _fitted_configs(arch, m, elem, facts.smem),
         )
-    split_k, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
+    rule, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
 
     a_st, b_st = a2.stride(), b.stride()
-    args = epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1)
+    args = epilogue_kernel_args(epi, bias, r2, y2)
     args.update(
         a_ptr=a2,
         b_ptr=b,
@@ -304,21 +315,21 @@ def gemm(
         stride_ak=a_st[1],
         stride_bk=b_st[0],
         stride_bn=b_st[1],
-        SPLIT_K=split_k,
         DOT_MODE=1 if dot_upcast(a.dtype) else 0,
     )
 
-    launch(
+    cfg = launch(
         gemm_kernel,
         gemm_grid,
         args,
         configs,
-        tuner_id=("gemm", arch, bucket, elem, config is None),
+        tuner_id=("gemm", arch, bucket, elem, config is None, rule.key),
         key=GEMM_TUNE_KEY,
-        heuristics=_HEURISTICS,
+        heuristics={**_HEURISTICS, "SPLIT_K": rule},
     )
-    if split_k > 1:
-        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
+    split = launched_split(rule, args, cfg)
+    if split > 1:
+        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split)
     return y
 
 

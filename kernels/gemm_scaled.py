@@ -37,6 +37,7 @@ from lepton_compile.kernels._common import (
     gemm_split_k,
     grouped_tile,
     launch,
+    launched_split,
     make_configs,
     memo_configs,
     run_splitk_epilogue,
@@ -154,6 +155,7 @@ _SM90 = {
         (128, 128, 128, 8, 4, 4),
         (128, 64, 128, 8, 4, 4),
         (64, 128, 128, 8, 4, 4),
+        (128, 128, 256, 8, 3, 8),  # BERT-class K of 768..3072: fewer, deeper K steps
     ],
     "m512": [
         (128, 128, 128, 8, 4, 8),
@@ -166,6 +168,8 @@ _SM90 = {
         (64, 64, 256, 8, 4, 4),
         (64, 64, 128, 8, 5, 4),
         (64, 256, 128, 8, 3, 8),
+        (32, 64, 256, 8, 4, 4),  # batch 1 of a BERT-class encoder: more, smaller tiles
+        (32, 128, 128, 8, 4, 4),
     ],
     "m32": [
         (16, 64, 256, 1, 4, 4),
@@ -283,9 +287,9 @@ def _scaled_gemm(
             ("scaled_gemm", arch, bucket, 1, facts.smem),
             lambda: _fitted_configs(arch, m, facts.smem),
         )
-    split_k, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
+    rule, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
     a_st, b_st = a2.stride(), b.stride()
-    args = epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1)
+    args = epilogue_kernel_args(epi, bias, r2, y2)
     args.update(
         a_ptr=a2,
         b_ptr=b,
@@ -299,24 +303,24 @@ def _scaled_gemm(
         stride_ak=a_st[1],
         stride_bk=b_st[0],
         stride_bn=b_st[1],
-        SPLIT_K=split_k,
         A_PER_ROW=a_per_row,
         B_PER_COL=b_per_col,
         ACC_TYPE=tl.int32 if kind == "w8a8" else tl.float32,
         DOT_MODE=2 if kind == "fp8" and not fast_accum else 0,
     )
 
-    launch(
+    cfg = launch(
         scaled_gemm_kernel,
         gemm_grid,
         args,
         configs,
-        tuner_id=(kind, arch, bucket, fast_accum, config is None),
+        tuner_id=(kind, arch, bucket, fast_accum, config is None, rule.key),
         key=GEMM_TUNE_KEY,
-        heuristics=_HEURISTICS,
+        heuristics={**_HEURISTICS, "SPLIT_K": rule},
     )
-    if split_k > 1:
-        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
+    split = launched_split(rule, args, cfg)
+    if split > 1:
+        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split)
     return y
 
 

@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lepton_compile.kernels import conv, gemm, gemm_scaled
-from lepton_compile.kernels._common import ACT_CODES, SPLITK_EPILOGUE_BLOCK, splitk_epilogue_kernel
+from lepton_compile.contract import ACTIVATION_CODES
+from lepton_compile.kernels import conv, gemm, gemm_int4, gemm_scaled, gemm_tma
+from lepton_compile.kernels._common import SPLITK_EPILOGUE_BLOCK, splitk_epilogue_kernel
 
 # Opt-in shared memory per block: H100/H200 (sm90) 227 KiB, A100 (sm80) 163 KiB.
 SHARED_LIMIT = {90: 232448, 80: 166912}
@@ -30,14 +31,15 @@ TRITON_TYPES = {
     torch.bfloat16: "bf16",
     torch.float32: "fp32",
     torch.int8: "i8",
+    torch.uint8: "u8",
     torch.float8_e4m3fn: "fp8e4nv",
 }
 FLOAT_ARGS = frozenset({"p0", "p1", "q0", "q1"})
 _EPILOGUE = {
     "HAS_BIAS": True,
-    "ACT": ACT_CODES["gelu"],
+    "ACT": ACTIVATION_CODES["gelu"],
     "HAS_RES": True,
-    "POST_ACT": ACT_CODES["relu"],
+    "POST_ACT": ACTIVATION_CODES["relu"],
 }
 
 
@@ -51,7 +53,7 @@ class CompileSpec:
     num_warps: int
     num_stages: int
     wgmma_expected: bool  # a Hopper tensor-core GEMM tile that should lower to wgmma
-    family: str  # gemm, w8a8, fp8, conv, depthwise, splitk-epilogue
+    family: str  # gemm, w8a8, fp8, int4, gemm-tma, conv, depthwise, splitk-epilogue
 
 
 def _spec(
@@ -65,8 +67,11 @@ def _spec(
     num_stages: int,
     family: str,
     wgmma_expected: bool = False,
+    descriptors: dict[str, str] | None = None,
 ) -> CompileSpec:
+    """`descriptors`: TMA tensor-descriptor arguments and their types ("tensordesc<...>")."""
     ones, aligned = set(ones), set(aligned)
+    descriptors = descriptors or {}
     signature: dict[str, str] = {}
     consts: dict[str, Any] = {}
     attrs: dict[tuple[int, ...], list] = {}
@@ -77,6 +82,8 @@ def _spec(
         elif name in ones:
             signature[name] = "constexpr"
             consts[name] = 1
+        elif name in descriptors:
+            signature[name] = descriptors[name]
         elif name.endswith("_ptr"):
             signature[name] = "*" + TRITON_TYPES[ptr_types[name]]
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -385,8 +392,98 @@ def conv_specs(arch: int = 90) -> list[CompileSpec]:
     return specs
 
 
+def int4_specs(arch: int = 90) -> list[CompileSpec]:
+    """int4_gemm_kernel: every config with fp16 A (one scale per K-tile, zero points), once
+    each with bf16 and fp32 A, the per-element scale path (BLOCK_K > the block) and split-K."""
+    specs = []
+
+    def one(label: str, cfg: triton.Config, dtype: torch.dtype, **over: Any) -> CompileSpec:
+        consts = {
+            **cfg.kwargs,
+            **_EPILOGUE,
+            "SPLIT_K": 1,
+            "EVEN_K": True,
+            "QBLOCK": 32,
+            "HAS_ZERO": True,
+            "ONE_GROUP": 32 % cfg.kwargs["BLOCK_K"] == 0,
+            "DOT_MODE": 0,
+            **over,
+        }
+        ptrs = {p: dtype for p in ("a_ptr", "scale_ptr", "zero_ptr", "bias_ptr", "res_ptr")}
+        ptrs.update(b_ptr=torch.uint8, y_ptr=dtype, ws_ptr=torch.float32)
+        return _spec(
+            f"int4 {_dname(dtype)} {label}{_cfg_label(cfg)}",
+            gemm_int4.int4_gemm_kernel,
+            ptrs,
+            consts,
+            ("stride_ak", "stride_rn", "stride_yn"),
+            ("M", "N", "K", "stride_am", "stride_bn", "stride_sn", "stride_rm", "stride_ym"),
+            cfg.num_warps,
+            cfg.num_stages,
+            "int4",
+            wgmma_expected=_wgmma_tile(cfg, arch) and dtype != torch.float32,
+        )
+
+    for cfg in gemm_int4.get_configs(arch):
+        specs.append(one("", cfg, torch.float16))
+    large = gemm_int4.get_configs(arch, 4096)[0]
+    small = gemm_int4.get_configs(arch, 1)[0]
+    specs.append(one("", large, torch.bfloat16))
+    specs.append(one("", gemm_int4.get_configs(arch, 4096, elem_bytes=4)[0], torch.float32))
+    specs.append(one("no zero points, block 128, ", large, torch.float16, HAS_ZERO=False))
+    wide_k = triton.Config({**small.kwargs, "BLOCK_K": 64}, num_warps=4, num_stages=4)
+    gathered = {"ONE_GROUP": False, "EVEN_K": False}
+    specs.append(one("per-element scales, masked K, ", wide_k, torch.float16, **gathered))
+    specs.append(one("split-K 4, ", small, torch.float16, SPLIT_K=4, HAS_BIAS=False, HAS_RES=False))
+    return specs
+
+
+def tma_specs(arch: int = 90) -> list[CompileSpec]:
+    """gemm_tma_kernel (sm90+): every config with fp16 and a K-major B (a linear layer's
+    weight); once with a row-major B and once in bf16."""
+    if arch < 90:
+        return []
+    specs = []
+    for i, cfg in enumerate(gemm_tma.get_configs(arch)):
+        variants = [(torch.float16, True)]
+        if i == 0:
+            variants += [(torch.float16, False), (torch.bfloat16, True)]
+        for dtype, kmajor in variants:
+            k = cfg.kwargs
+            d = _dname(dtype)
+            b_block = [k["BLOCK_N"], k["BLOCK_K"]] if kmajor else [k["BLOCK_K"], k["BLOCK_N"]]
+            descs = {
+                "a_desc": f"tensordesc<{d}[{k['BLOCK_M']}, {k['BLOCK_K']}]>",
+                "b_desc": f"tensordesc<{d}[{b_block[0]}, {b_block[1]}]>",
+            }
+            consts = {**k, **_EPILOGUE, "NUM_SMS": 132, "B_KMAJOR": kmajor, "DOT_MODE": 0}
+            ptrs = {p: dtype for p in ("bias_ptr", "res_ptr", "y_ptr")}
+            specs.append(
+                _spec(
+                    f"gemm-tma {d} B {'K-major' if kmajor else 'row-major'} {_cfg_label(cfg)}",
+                    gemm_tma.gemm_tma_kernel,
+                    ptrs,
+                    consts,
+                    ("stride_rn", "stride_yn"),
+                    ("M", "N", "K", "stride_rm", "stride_ym"),
+                    cfg.num_warps,
+                    cfg.num_stages,
+                    "gemm-tma",
+                    wgmma_expected=True,
+                    descriptors=descs,
+                )
+            )
+    return specs
+
+
 def all_specs(arch: int = 90) -> list[CompileSpec]:
-    return gemm_specs(arch) + scaled_specs(arch) + conv_specs(arch)
+    return (
+        gemm_specs(arch)
+        + scaled_specs(arch)
+        + int4_specs(arch)
+        + tma_specs(arch)
+        + conv_specs(arch)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +494,7 @@ class CompileResult:
     mma: bool  # PTX has mma.sync (Ampere-style tensor-core MMA)
     num_warps: int
     seconds: float
+    tma: bool = False  # PTX has cp.async.bulk.tensor (TMA tile loads)
 
 
 def compile_spec(spec: CompileSpec, arch: int = 90) -> CompileResult:
@@ -421,6 +519,7 @@ def compile_spec(spec: CompileSpec, arch: int = 90) -> CompileResult:
         "mma.sync" in ptx,
         spec.num_warps,
         time.perf_counter() - t0,
+        "cp.async.bulk.tensor" in ptx,
     )
 
 

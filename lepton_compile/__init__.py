@@ -8,7 +8,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lepton_compile.engine import CompileResult, VariantResult, compile  # noqa: E402
+from lepton_compile.engine import CompileResult, compile  # noqa: E402
+from lepton_compile.options import CompileOptions  # noqa: E402
 from lepton_compile.runtime import load  # noqa: E402
+from lepton_compile.variant import Status, VariantResult  # noqa: E402
 
-__all__ = ["CompileResult", "VariantResult", "__version__", "compile", "load"]
+__all__ = [
+    "CompileOptions",
+    "CompileResult",
+    "Status",
+    "VariantResult",
+    "__version__",
+    "compile",
+    "load",
+]

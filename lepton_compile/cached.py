@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lepton_compile.bench.cache import NullCache, ResultCache, open_cache, result_key
+from lepton_compile.variant import Status
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class VariantCache:
 
     def restore(self, v: Any, value: dict[str, Any], with_measurement: bool) -> None:
         """Fill a VariantResult from a cached value."""
-        v.status = value["status"]
+        v.status = Status(value["status"])
         v.reason = value.get("reason", "")
         v.build = value.get("build", {})
         v.session = value.get("session", {})
@@ -92,7 +93,7 @@ class VariantCache:
             v.screen = value.get("screen")
             v.race = value.get("race") or {}
         elif v.status == "dropped":
-            v.status, v.reason = "ok", ""  # built and verified; racing is measured anew
+            v.status, v.reason = Status.OK, ""  # built and verified; racing is measured anew
         v.cache = {"hit": True, "measurement_reused": with_measurement, "key": self.key(v)[:16]}
 
     def _labels(self, v: Any) -> dict[str, str]:

@@ -47,6 +47,12 @@ def _default_recipes() -> tuple[str, ...]:
     return DEFAULT_RECIPES
 
 
+def _default_search_budget() -> float:
+    from lepton_compile.compress import DEFAULT_SEARCH_BUDGET_S
+
+    return DEFAULT_SEARCH_BUDGET_S
+
+
 def _backend_choices() -> list[str]:
     from lepton_compile.runtime import BACKENDS
 
@@ -160,10 +166,12 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--search-budget-s",
         type=_positive,
-        default=120.0,
+        default=None,
         metavar="S",
-        help="time each accuracy-aware recipe (mixed precision, pruning) may spend measuring "
-        "layer sensitivity (default: 120)",
+        help="most time each accuracy-aware recipe (mixed precision, pruning) may spend "
+        "probing layer sensitivity; within it the budget scales to the model (the first "
+        "probe's cost x 64 probes x 1.5), and a search that cannot meet the target stops "
+        "early (default: 60)",
     )
     p.add_argument(
         "--backend",
@@ -448,7 +456,7 @@ def _cmd_compile(argv: Sequence[str]) -> int:
         eval_samples=args.eval_samples,
         seed=args.seed,
         metric=_load_metric(args.metric) if args.metric else None,
-        search_budget_s=args.search_budget_s,
+        search_budget_s=args.search_budget_s or _default_search_budget(),
         min_trials=args.min_trials,
         max_trials=args.max_trials,
         measure_budget_s=args.measure_budget_s,

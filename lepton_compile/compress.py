@@ -48,7 +48,7 @@ Metric = Callable[[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]], fl
 # The search aims under the constraint with this share of it, so that the held-out check that
 # follows (other samples) still passes.
 DEFAULT_MARGIN = 0.7
-DEFAULT_SEARCH_BUDGET_S = 120.0
+DEFAULT_SEARCH_BUDGET_S = 60.0
 
 
 class CompressionFailed(LeptonError):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lepton_compile import __version__
 
 if TYPE_CHECKING:
-    from lepton_compile.engine import VariantResult
+    from lepton_compile.variant import VariantResult
 
 SCHEMA = "lepton-compile/report/v1"
 

@@ -1,8 +1,9 @@
 """Conv/Gemm/MatMul (+bias) + activation (+residual [+activation]) -> ai.lepton Fused* ops.
 
-Target "lepton" only: the ops are defined in `lepton_ops` (schema, function bodies). Each
-rule anchors at one epilogue op and absorbs it into the op that produces its input, so a
-chain is fused one step at a time in a single sweep (the rewriter sees its own results):
+Target "lepton" only: the ops are defined in `lepton_compile.contract` (their function
+bodies in `lepton_ops`). Each rule anchors at one epilogue op and absorbs it into the op that
+produces its input, so a chain is fused one step at a time in a single sweep (the rewriter
+sees its own results):
 
     Add(MatMul(a, b), bias)          -> FusedMatMul(a, b, bias)
     act(Conv|Gemm|MatMul|Fused*)     -> Fused*(activation=act)      (empty epilogue)
@@ -24,21 +25,22 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
 from onnxscript.rewriter._basics import MatchResult
 
-from lepton_compile.passes import lepton_ops
-from lepton_compile.passes._utils import const_array, fresh_name, is_onnx_op, onnx_opset
-from lepton_compile.passes.fusion import _apply_rules
-from lepton_compile.passes.lepton_ops import (
+from lepton_compile.contract import (
     ACTIVATIONS,
     DOMAIN,
-    FLOAT_TYPES,
     RESIDUAL_INPUT,
     SCHEMAS,
+    VERSION,
     Epilogue,
+    epilogue_attributes,
 )
+from lepton_compile.passes import lepton_ops
+from lepton_compile.passes._utils import const_array, fresh_name, is_onnx_op, onnx_opset
+from lepton_compile.passes.fusion import QuietShapeInferencePass, _apply_rules
+from lepton_compile.passes.lepton_ops import FLOAT_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +110,8 @@ def _fused_node(
     schema = SCHEMAS[plan.fused_type]
     base_names = {a.name for a in schema.base_attributes}
     attrs: dict[str, Any] = {k: v for k, v in base.attributes.items() if k in base_names}
-    attrs.update(lepton_ops.epilogue_attributes(epilogue))
-    return op.op(plan.fused_type, *inputs, _domain=DOMAIN, _version=lepton_ops.VERSION, **attrs)
+    attrs.update(epilogue_attributes(epilogue))
+    return op.op(plan.fused_type, *inputs, _domain=DOMAIN, _version=VERSION, **attrs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -440,7 +442,7 @@ class FuseLeptonPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, False)
         # The residual and bias checks compare shapes; a lone pass may get a model
         # without value shapes. Annotations only: not a modification of the graph.
-        common_passes.ShapeInferencePass(strict_mode=False)(model)
+        QuietShapeInferencePass()(model)
         modified = _apply_rules(model, self.rules())
         modified = lepton_ops.attach_functions(model) or modified
         return ir.passes.PassResult(model, modified)

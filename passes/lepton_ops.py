@@ -1,26 +1,10 @@
-"""Schema of the `ai.lepton` ops: attributes, inputs, ONNX function bodies, numpy references.
+"""ai.lepton ops on onnx-ir: node validation, ONNX function bodies, numpy references.
 
-This module is the one place that defines what the custom-domain ops compute. The fusion
-rules (`fusion_lepton.py`) build nodes from it, the lepton backend maps the ops to kernels
-from it, and `attach_functions` gives every op used in a model an ONNX function body so
-that onnx.checker and onnxruntime (which inlines model-local functions) still run and
-verify a lepton-target model.
-
-Every op is a "base" computation followed by the same epilogue:
-
-    Y = post_activation(activation(base(inputs)) + Z)
-
-    FusedConv(X, W, [B], [Z])      base = Conv(X, W, B) with Conv's attributes
-    FusedGemm(A, B, [C], [Z])      base = Gemm(A, B, C) with Gemm's attributes
-    FusedMatMul(A, B, [bias], [Z]) base = MatMul(A, B) + bias, bias of shape (N,)
-                                   (N = last dimension of the product)
-
-- `activation` / `post_activation` name an entry of ACTIVATIONS; `*_params` hold that
-  activation's parameters in order (empty: its defaults).
-- Z (the residual) has exactly the shape of Y: no broadcasting.
-- `post_activation` is only allowed with Z (without Z it would just be a second
-  activation; the rules never build that).
-- All tensors have one float type T (float, float16, bfloat16, double).
+What the ops compute (schemas, activations, epilogue semantics) is the contract of
+`lepton_compile.contract`; this module applies it to onnx-ir nodes. The fusion rules
+(`fusion_lepton.py`) build nodes with it, and `attach_functions` gives every op used in a
+model an ONNX function body so that onnx.checker and onnxruntime (which inlines model-local
+functions) still run and verify a lepton-target model.
 
 A function body can branch on neither a string attribute nor on which optional inputs
 are present, so every distinct epilogue in a model gets its own body: a function
@@ -32,221 +16,44 @@ attribute reference, so nodes that differ only in those share one body.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
+from lepton_compile.contract import (
+    ACTIVATIONS,
+    DOMAIN,
+    FLOAT_TYPE_NAMES,
+    MIN_IR_VERSION,
+    RESIDUAL_INPUT,
+    SCHEMAS,
+    VERSION,
+    AttrSpec,
+    Epilogue,
+    epilogue_from_attributes,
+)
 from lepton_compile.passes._utils import onnx_opset
 
-DOMAIN = "ai.lepton"
-VERSION = 1
-# FunctionProto.overload and NodeProto.overload first exist in IR version 10.
-MIN_IR_VERSION = 10
-
-FLOAT_TYPES = frozenset(
-    {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
-)
+FLOAT_TYPES = frozenset(ir.DataType[name] for name in FLOAT_TYPE_NAMES)
 
 _INF = float("inf")
 
 
-@dataclasses.dataclass(frozen=True)
-class ActivationSpec:
-    """An epilogue activation: its parameters (name, default), positional in `*_params`."""
-
-    name: str
-    params: tuple[tuple[str, float], ...] = ()
-    min_opset: int = 1  # lowest default-domain opset whose ops can express the body
-    doc: str = ""
-
-    def resolve(self, params: Sequence[float]) -> tuple[float, ...] | None:
-        """`params` with defaults filled in (empty -> all defaults); None if the count is wrong."""
-        if not params:
-            return tuple(default for _, default in self.params)
-        if len(params) != len(self.params):
-            return None
-        return tuple(float(p) for p in params)
-
-
-ACTIVATIONS: Mapping[str, ActivationSpec] = MappingProxyType(
-    {
-        spec.name: spec
-        for spec in (
-            ActivationSpec("none", doc="identity"),
-            ActivationSpec("relu", doc="max(x, 0)"),
-            ActivationSpec("sigmoid", doc="1 / (1 + exp(-x))"),
-            ActivationSpec("tanh", doc="tanh(x)"),
-            ActivationSpec("leaky_relu", (("alpha", 0.01),), doc="x if x >= 0 else alpha * x"),
-            ActivationSpec("clip", (("min", -_INF), ("max", _INF)), doc="min(max(x, min), max)"),
-            ActivationSpec(
-                "hard_sigmoid",
-                (("alpha", 0.2), ("beta", 0.5)),
-                doc="max(0, min(1, alpha * x + beta))",
-            ),
-            ActivationSpec("hardswish", doc="x * max(0, min(1, x / 6 + 1 / 2))"),
-            ActivationSpec("silu", doc="x * sigmoid(x)"),
-            # Erf is opset 9; Gelu itself (opset 20) is used where the model has it.
-            ActivationSpec("gelu", min_opset=9, doc="x / 2 * (1 + erf(x / sqrt(2)))"),
-        )
-    }
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class AttrSpec:
-    """An attribute: name, type and default (None: optional, the base op's rule applies)."""
-
-    name: str
-    type: ir.AttributeType
-    default: Any = None
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    name: str
-    optional: bool = False
-    doc: str = ""
-
-
-EPILOGUE_ATTRIBUTES: tuple[AttrSpec, ...] = (
-    AttrSpec("activation", ir.AttributeType.STRING, "none"),
-    AttrSpec("activation_params", ir.AttributeType.FLOATS, ()),
-    AttrSpec("post_activation", ir.AttributeType.STRING, "none"),
-    AttrSpec("post_activation_params", ir.AttributeType.FLOATS, ()),
-)
-
-# Index of the residual input Z, the same in every op.
-RESIDUAL_INPUT = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class OpSchema:
-    """One ai.lepton op: base ONNX op, inputs, forwarded base attributes, epilogue."""
-
-    name: str
-    base_op: str
-    inputs: tuple[InputSpec, ...]
-    base_attributes: tuple[AttrSpec, ...]
-    doc: str
-
-    @property
-    def attributes(self) -> tuple[AttrSpec, ...]:
-        return self.base_attributes + EPILOGUE_ATTRIBUTES
-
-    def attribute(self, name: str) -> AttrSpec | None:
-        return next((a for a in self.attributes if a.name == name), None)
-
-    @property
-    def min_inputs(self) -> int:
-        return sum(1 for i in self.inputs if not i.optional)
-
-
-_Z = InputSpec("Z", True, "residual, exactly the shape of Y; added after `activation`")
-
-SCHEMAS: Mapping[str, OpSchema] = MappingProxyType(
-    {
-        schema.name: schema
-        for schema in (
-            OpSchema(
-                "FusedConv",
-                "Conv",
-                (
-                    InputSpec("X", doc="(N, C, D1, ..., Dn)"),
-                    InputSpec("W", doc="(M, C / group, k1, ..., kn)"),
-                    InputSpec("B", True, "(M,)"),
-                    _Z,
-                ),
-                (
-                    AttrSpec("auto_pad", ir.AttributeType.STRING, "NOTSET"),
-                    AttrSpec("dilations", ir.AttributeType.INTS),
-                    AttrSpec("group", ir.AttributeType.INT, 1),
-                    AttrSpec("kernel_shape", ir.AttributeType.INTS),
-                    AttrSpec("pads", ir.AttributeType.INTS),
-                    AttrSpec("strides", ir.AttributeType.INTS),
-                ),
-                "Conv(X, W, B), then the epilogue",
-            ),
-            OpSchema(
-                "FusedGemm",
-                "Gemm",
-                (
-                    InputSpec("A", doc="(M, K), or (K, M) with transA"),
-                    InputSpec("B", doc="(K, N), or (N, K) with transB"),
-                    InputSpec("C", True, "broadcastable to (M, N)"),
-                    _Z,
-                ),
-                (
-                    AttrSpec("alpha", ir.AttributeType.FLOAT, 1.0),
-                    AttrSpec("beta", ir.AttributeType.FLOAT, 1.0),
-                    AttrSpec("transA", ir.AttributeType.INT, 0),
-                    AttrSpec("transB", ir.AttributeType.INT, 0),
-                ),
-                "Gemm(A, B, C), then the epilogue",
-            ),
-            OpSchema(
-                "FusedMatMul",
-                "MatMul",
-                (
-                    InputSpec("A", doc="(..., M, K)"),
-                    InputSpec("B", doc="(..., K, N)"),
-                    InputSpec("bias", True, "(N,)"),
-                    _Z,
-                ),
-                (),
-                "MatMul(A, B) (numpy broadcasting) + bias, then the epilogue",
-            ),
-        )
-    }
-)
-
-
-# ---------------------------------------------------------------------------------------
-# Epilogue of a node.
-
-
-@dataclasses.dataclass(frozen=True)
-class Epilogue:
-    activation: str = "none"
-    activation_params: tuple[float, ...] = ()
-    post_activation: str = "none"
-    post_activation_params: tuple[float, ...] = ()
-
-
-def epilogue_attributes(epilogue: Epilogue) -> dict[str, Any]:
-    """Node attributes for `epilogue` (defaults left out, parameters always explicit)."""
-    attrs: dict[str, Any] = {}
-    for prefix in ("activation", "post_activation"):
-        name = getattr(epilogue, prefix)
-        if name != "none":
-            attrs[prefix] = name
-            params = getattr(epilogue, f"{prefix}_params")
-            if params:
-                attrs[f"{prefix}_params"] = [float(p) for p in params]
-    return attrs
+def attribute_type(spec: AttrSpec) -> ir.AttributeType:
+    """The onnx-ir attribute type of a contract attribute."""
+    return ir.AttributeType[spec.type]
 
 
 def node_epilogue(node: ir.Node) -> Epilogue:
     """The epilogue of an ai.lepton node, parameters resolved; ValueError if invalid."""
     values: dict[str, Any] = {}
     for prefix in ("activation", "post_activation"):
-        name = node.attributes.get_string(prefix, "none")
-        spec = ACTIVATIONS.get(name)
-        if spec is None:
-            raise ValueError(f"{prefix} {name!r} is not one of {', '.join(ACTIVATIONS)}")
-        params = spec.resolve(node.attributes.get_floats(f"{prefix}_params", ()))
-        if params is None:
-            raise ValueError(
-                f"{prefix} {name!r} takes {len(spec.params)} parameters "
-                f"({', '.join(p for p, _ in spec.params) or 'none'})"
-            )
-        values[prefix] = name
-        values[f"{prefix}_params"] = params
-    return Epilogue(**values)
+        values[prefix] = node.attributes.get_string(prefix, "none")
+        values[f"{prefix}_params"] = node.attributes.get_floats(f"{prefix}_params", ())
+    return epilogue_from_attributes(values)
 
 
 def _present(node: ir.Node, index: int) -> bool:
@@ -269,8 +76,8 @@ def validate(node: ir.Node) -> str | None:
         spec = schema.attribute(name)
         if spec is None:
             return f"{node.op_type} has no attribute {name!r}"
-        if attr.is_ref() or attr.type != spec.type:
-            return f"{node.op_type}.{name} must be a {spec.type.name}"
+        if attr.is_ref() or attr.type != attribute_type(spec):
+            return f"{node.op_type}.{name} must be a {spec.type}"
     try:
         epilogue = node_epilogue(node)
     except ValueError as e:
@@ -389,7 +196,9 @@ def build_function(node: ir.Node, dtype: ir.DataType, opset: int) -> ir.Function
             raise ValueError(f"activation {name!r} needs opset {ACTIVATIONS[name].min_opset}")
     body = _Body(opset, dtype)
     inputs = [ir.Value(name=spec.name) for spec in schema.inputs]
-    base_attrs = {a.name: ir.RefAttr(a.name, a.name, a.type) for a in schema.base_attributes}
+    base_attrs = {
+        a.name: ir.RefAttr(a.name, a.name, attribute_type(a)) for a in schema.base_attributes
+    }
     if schema.base_op == "MatMul":
         y = body.op("MatMul", inputs[0], inputs[1])
         if _present(node, 2):
@@ -402,7 +211,7 @@ def build_function(node: ir.Node, dtype: ir.DataType, opset: int) -> ir.Function
         y = _emit_activation(body, epilogue.post_activation, epilogue.post_activation_params, y)
     y.name = "Y"
     graph = ir.Graph(inputs, [y], nodes=body.nodes, opset_imports={"": opset})
-    attributes = [ir.Attr(a.name, a.type, None) for a in schema.attributes]
+    attributes = [ir.Attr(a.name, attribute_type(a), None) for a in schema.attributes]
     return ir.Function(
         DOMAIN, node.op_type, overload_name(node, dtype), graph=graph, attributes=attributes
     )

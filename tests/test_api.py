@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lepton_compile
+from lepton_compile.bench.protocol import Protocol
 from lepton_compile.errors import InputError
 
 
@@ -79,7 +80,7 @@ def test_result_cache_reuses_a_whole_run(tmp_path: Path, mlp_path: Path):
         mlp_path,
         cache_path=db,
         eval_samples=2,
-        protocol=lepton_compile.engine.Protocol.quick().__class__(
+        protocol=Protocol(
             trials=2, min_trial_s=0.01, warmup_s=0.0
         ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lepton_compile.engine import memory_groups
+from lepton_compile.stages import memory_groups
 
 
 @dataclass

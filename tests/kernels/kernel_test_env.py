@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 ON_GPU = os.environ.get("LEPTON_KERNELS_ON_GPU") == "1"
-_MODULES = ("_common", "gemm", "gemm_scaled", "conv", "specs")
+_MODULES = ("_common", "gemm", "gemm_scaled", "gemm_int4", "gemm_tma", "conv", "specs")
 
 
 def _interpreted(common: ModuleType) -> bool:

@@ -64,7 +64,8 @@ def test_gate_covers_every_spec(gate: dict, capsys: pytest.CaptureFixture) -> No
         else:
             wgmma = "yes" if r["wgmma"] else "no"
             mma = "  mma.sync" if r["mma"] else ""
-            lines.append(f"  {r['label']:52s} shared {r['shared']:6d} B  wgmma {wgmma}{mma}")
+            tma = "  tma" if r.get("tma") else ""
+            lines.append(f"  {r['label']:52s} shared {r['shared']:6d} B  wgmma {wgmma}{mma}{tma}")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
 
@@ -77,5 +78,8 @@ def test_compiles_for_hopper(gate: dict, label: str) -> None:
     spec = SPECS[LABELS.index(label)]
     if spec.wgmma_expected and spec.family == "gemm" and " fp16 " in f" {label} ":
         assert r["wgmma"], f"{label}: no wgmma in the PTX (not on Hopper's tensor-core path)"
-    if spec.family in ("gemm", "w8a8", "fp8", "conv"):
+    if spec.family in ("gemm", "w8a8", "fp8", "int4", "conv", "gemm-tma"):
         assert r["wgmma"] or r["mma"], f"{label}: no tensor-core instruction in the PTX"
+    if spec.family == "gemm-tma":
+        assert r["wgmma"], f"{label}: not on Hopper's warpgroup MMA"
+        assert r["tma"], f"{label}: tiles not loaded by TMA (no cp.async.bulk.tensor)"

@@ -198,3 +198,74 @@ def test_conv_reference_matches_onnxruntime(attrs):
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
     (expected,) = run_ort(model, {"x": x, "w": w})
     np.testing.assert_allclose(lepton_ops.conv_ref(x, w, **attrs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_contract_module_is_dependency_free():
+    """lepton_compile.contract imports the standard library only: any part may import it."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from lepton_compile import contract
+
+    tree = ast.parse(Path(contract.__file__).read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    assert roots <= set(sys.stdlib_module_names), roots - set(sys.stdlib_module_names)
+
+
+def test_the_contract_defines_the_activations_every_part_uses():
+    from lepton_compile.contract import ACTIVATION_CODES, activation_value, epilogue_value
+
+    assert [ACTIVATIONS[n].code for n in ACTIVATIONS] == list(range(len(ACTIVATIONS)))
+    assert ACTIVATION_CODES["none"] == 0
+    x = np.linspace(-5, 5, 21)
+    for name, spec in ACTIVATIONS.items():
+        want = np.array([activation_value(name, v) for v in x])
+        np.testing.assert_allclose(lepton_ops.activation_ref(name, x), want, atol=1e-12)
+        assert spec.onnx_op is None or isinstance(spec.onnx_op, str)
+    epi = lepton_ops.Epilogue("clip", (0.0, 6.0), "relu", ())
+    assert epilogue_value(epi, 7.5, -8.0) == 0.0
+    assert epilogue_value(epi, 7.5) == 6.0
+
+
+def test_roofline_counts_lepton_ops_by_the_contract():
+    """A lepton-target model costs the same with or without its function bodies inlined."""
+    from lepton_compile.bench import roofline
+
+    node = oh.make_node(
+        "FusedConv",
+        ["x", "w", "b", "z"],
+        ["y"],
+        domain=DOMAIN,
+        pads=[1, 1, 1, 1],
+        activation="gelu",
+        post_activation="relu",
+    )
+    weights = [
+        onnx.numpy_helper.from_array(np.ones((6, 4, 3, 3), np.float32), "w"),
+        onnx.numpy_helper.from_array(np.ones(6, np.float32), "b"),
+    ]
+    graph = oh.make_graph(
+        [node],
+        "g",
+        [
+            oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8]),
+            oh.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 6, 8, 8]),
+        ],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 8, 8])],
+        weights,
+    )
+    opsets = [oh.make_opsetid("", 17), oh.make_opsetid(DOMAIN, 1)]
+    bare = oh.make_model(graph, ir_version=10, opset_imports=opsets)
+    work = ir.serde.deserialize_model(bare)
+    lepton_ops.attach_functions(work)
+    with_bodies = ir.serde.serialize_model(work)
+    c_bare, c_bodies = roofline.count(bare), roofline.count(with_bodies)
+    assert not c_bare.unknown and not c_bodies.unknown
+    assert c_bare.flops == c_bodies.flops
+    assert "ai.lepton.FusedConv" in c_bare.by_op

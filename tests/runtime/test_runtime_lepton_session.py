@@ -253,3 +253,29 @@ def test_cuda_modes(tmp_path: Path, options: dict) -> None:
         ref = _ort(path, {"x": x})
         assert y.dtype == np.float32
         assert np.abs(y - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_backend_modes_as_variant_options() -> None:
+    from lepton_compile.runtime.lepton import KERNEL_MODES, option_label, option_space
+
+    cpu, cuda = option_space("cpu"), option_space("cuda:0")
+    assert cpu == {"channels_last": (False, True), "kernels": ("auto",)}
+    assert set(cuda) == {"channels_last", "kernels", "cuda_graphs", "tf32"}
+    assert set(cuda["kernels"]) == set(KERNEL_MODES) and cuda["kernels"][0] == "auto"
+    for space, device in ((cpu, "cpu"), (cuda, "cuda")):
+        defaults = {name: values[0] for name, values in space.items()}
+        parsed = parse_options(device, defaults)
+        for name, value in defaults.items():
+            assert parsed[name] == value, name  # the first value is the default
+        assert option_label(defaults) == ""
+    assert option_label({"channels_last": True, "kernels": "torch", "cuda_graphs": False}) == (
+        "cl+nograph+k=torch"
+    )
+
+
+def test_describe_reports_kernel_choices(tmp_path: Path) -> None:
+    sess = LeptonBackend().load(_cnn(tmp_path, 1), "cpu", {"kernels": "torch"})
+    info = sess.describe()
+    assert info["kernels"] == "torch"
+    assert info["kernel_layers"] == [] and info["kernel_summary"] == "0 of 0 layers on our kernels"
+    assert info["kernel_choice_counts"] == {}

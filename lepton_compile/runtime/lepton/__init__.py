@@ -25,7 +25,15 @@ ops are not supported.
 Execution modes (backend.py): `dtype` fp32/fp16/bf16 (float tensors computed in that type,
 float I/O kept as the model declares, cast at the boundary), `channels_last` (NHWC memory
 format for 4-D activations and conv weights), `cuda_graphs` (default on for CUDA: the
-whole forward captured and replayed), `compile="inductor"` (torch.compile of the program).
+whole forward captured and replayed), `compile="inductor"` (torch.compile of the program),
+`kernels` auto/triton/torch (routing.py: per fused or quantized layer, our Triton kernel or
+torch's ops; "auto" measures both on CUDA and keeps the faster, on the CPU it means torch's).
+`option_space(device)` lists the modes a search may vary per variant.
+
+Quantized models compute in integers or FP8 (quant_layers.py): QDQ Conv/MatMul/Gemm with
+INT8 or FP8 E4M3 operands, MatMulInteger/ConvInteger in int32, and com.microsoft
+MatMulNBits (INT4 weights) on our INT4 kernel or with the weight dequantized at load.
+`describe()` lists every such layer with the candidates' times and the choice.
 
 torch is imported lazily: importing this package does not import it.
 """
@@ -33,9 +41,12 @@ torch is imported lazily: importing this package does not import it.
 from __future__ import annotations
 
 from lepton_compile.runtime.lepton.backend import (
+    KERNEL_MODES,
     TORCH_HINT,
     LeptonBackend,
     LeptonSession,
+    option_label,
+    option_space,
     parse_options,
     torch_available,
 )
@@ -49,9 +60,12 @@ def supported_ops() -> list[str]:
 
 
 __all__ = [
+    "KERNEL_MODES",
     "TORCH_HINT",
     "LeptonBackend",
     "LeptonSession",
+    "option_label",
+    "option_space",
     "parse_options",
     "supported_ops",
     "torch_available",

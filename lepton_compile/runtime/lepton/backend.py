@@ -47,7 +47,17 @@ _DTYPES = {
     "bf16": "bf16",
     "bfloat16": "bf16",
 }
-KNOWN_OPTIONS = ("dtype", "channels_last", "cuda_graphs", "compile", "threads", "tf32")
+KNOWN_OPTIONS = (
+    "dtype",
+    "channels_last",
+    "cuda_graphs",
+    "compile",
+    "threads",
+    "tf32",
+    "kernels",
+    "kernel_cache",
+)
+KERNEL_MODES = ("auto", "triton", "torch")
 MAX_PROGRAMS = 16
 
 
@@ -84,6 +94,11 @@ def parse_options(device: str, options: Mapping[str, Any]) -> dict[str, Any]:
     threads = options.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"lepton option threads must be a positive int, got {threads!r}")
+    kernels = options.get("kernels") or "auto"
+    if kernels not in KERNEL_MODES:
+        raise ValueError(
+            f"lepton option kernels must be one of {', '.join(KERNEL_MODES)}, got {kernels!r}"
+        )
     return {
         "dtype": _DTYPES[dtype],
         "channels_last": bool(options.get("channels_last", False)),
@@ -91,7 +106,42 @@ def parse_options(device: str, options: Mapping[str, Any]) -> dict[str, Any]:
         "compile": compile_ or None,
         "threads": threads,
         "tf32": bool(options.get("tf32", False)),
+        "kernels": kernels,
+        "kernel_cache": bool(options.get("kernel_cache", True)),
     }
+
+
+def option_space(device: str) -> dict[str, tuple[Any, ...]]:
+    """The backend's own modes a search may vary per variant, with their values on `device`.
+
+    The first value of each is the default. `channels_last` and `kernels` apply everywhere;
+    `cuda_graphs` and `tf32` only on CUDA. `kernels` on the CPU: "auto" means torch's ops
+    (our Triton kernels run only in the interpreter there), so only "auto" is offered.
+    """
+    on_cuda = device.startswith("cuda")
+    space: dict[str, tuple[Any, ...]] = {
+        "channels_last": (False, True),
+        "kernels": ("auto", "torch", "triton") if on_cuda else ("auto",),
+    }
+    if on_cuda:
+        space["cuda_graphs"] = (True, False)
+        space["tf32"] = (False, True)
+    return space
+
+
+def option_label(options: Mapping[str, Any]) -> str:
+    """A short tag for a variant's non-default backend options ("cl", "nograph", "k=torch")."""
+    parts = []
+    if options.get("channels_last"):
+        parts.append("cl")
+    if options.get("cuda_graphs") is False:
+        parts.append("nograph")
+    if options.get("tf32"):
+        parts.append("tf32")
+    kernels = options.get("kernels")
+    if kernels and kernels != "auto":
+        parts.append(f"k={kernels}")
+    return "+".join(parts)
 
 
 class _Eager:
@@ -137,8 +187,21 @@ class _CudaGraph:
 class LeptonSession:
     """A model lowered to torch; `run(feeds)` -> numpy outputs, as every backend's session."""
 
-    def __init__(self, model: Path | Any, device: str, options: Mapping[str, Any]):
-        """`model`: a path, or an onnx.ModelProto (external data then resolves nowhere)."""
+    def __init__(
+        self,
+        model: Path | Any,
+        device: str,
+        options: Mapping[str, Any],
+        *,
+        kernel_timer: Any = None,
+        kernel_cache: Any = None,
+    ):
+        """`model`: a path, or an onnx.ModelProto (external data then resolves nowhere).
+
+        `kernel_timer` (kernels.dispatch.Timer) replaces the CUDA-event timing of the
+        per-layer choice, and makes kernels="auto" measure on the CPU too; `kernel_cache`
+        (get/put) replaces the result cache the choices are kept in.
+        """
         import onnx
         import torch
 
@@ -164,9 +227,10 @@ class LeptonSession:
             "fp16": torch.float16,
             "bf16": torch.bfloat16,
         }[self.options["dtype"]]
+        self.router = self._make_router(torch.device(device), kernel_timer, kernel_cache)
         self._lowering = Lowering(
             model,
-            Options(torch.device(device), compute, self.options["channels_last"]),
+            Options(torch.device(device), compute, self.options["channels_last"], self.router),
             base_dir=base_dir,
         )
         self.input_names = [s.name for s in self._lowering.inputs]
@@ -181,6 +245,25 @@ class LeptonSession:
         shapes = {s.name: s.shape for s in self._lowering.inputs}
         if all(shape is not None and None not in shape for shape in shapes.values()):
             self._lower_static(shapes)  # type: ignore[arg-type]
+
+    def _make_router(self, device: Any, timer: Any, cache: Any) -> Any:
+        """The per-layer kernel router: measured choices cached by device and versions."""
+        from lepton_compile.runtime.lepton.routing import KernelRouter
+
+        mode = self.options["kernels"]
+        parts: dict[str, Any] = {}
+        if device.type == "cuda" and mode == "auto" and timer is None:
+            if cache is None and self.options["kernel_cache"]:
+                cache = _open_choice_cache()
+            parts = _device_parts(device)
+        return KernelRouter(
+            mode,
+            device,
+            tf32=self.options["tf32"],
+            timer=timer,
+            cache=cache,
+            cache_parts=parts,
+        )
 
     # -- lowering ------------------------------------------------------------------------
     def _lower_static(self, shapes: Mapping[str, Sequence[int]]) -> None:
@@ -344,7 +427,45 @@ class LeptonSession:
             "programs": len(self._programs),
             "pinned_inputs": sorted(self._pin),
             "clamped_constants": self._lowering.clamped,
+            **self.router.describe(),
         }
+
+    def kernel_layers(self) -> list[dict[str, Any]]:
+        """Per-layer records of the kernel choice (op, shapes, each candidate's time, choice)."""
+        return self.router.describe()["kernel_layers"]
+
+    def kernel_summary(self) -> str:
+        """One line: "31 of 53 layers on our kernels"."""
+        return self.router.describe()["kernel_summary"]
+
+
+def _open_choice_cache() -> Any:
+    """The result cache the kernel choices are kept in (None if it cannot be opened)."""
+    try:
+        from lepton_compile.bench.cache import open_cache
+
+        return open_cache()
+    except Exception:  # a cache must never fail a load
+        log.debug("kernel choice cache unavailable", exc_info=True)
+        return None
+
+
+def _device_parts(device: Any) -> dict[str, Any]:
+    """What keys a measured kernel choice besides the layer: the machine and its versions."""
+    import torch
+
+    parts: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(device),
+        "capability": list(torch.cuda.get_device_capability(device)),
+    }
+    try:
+        from lepton_compile.bench.device import device_record, record_key
+
+        parts["device"] = record_key(device_record())
+    except Exception:
+        log.debug("device record unavailable for the kernel choice key", exc_info=True)
+        parts["torch"] = torch.__version__
+    return parts
 
 
 class LeptonBackend:

@@ -70,6 +70,9 @@ class Const:
     """A value known at lowering time: a CPU tensor in the element type the model declares."""
 
     t: torch.Tensor
+    # The value's quantized form when a DequantizeLinear made it (ops_quant.Quantized):
+    # consumers that compute in integers or FP8 read that instead of the float value.
+    quant: Any = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -81,6 +84,7 @@ class Dyn:
     # How the producer could compute it differently (e.g. a Conv that a following
     # BatchNormalization folds into); set only when this node is the value's one consumer.
     origin: Any = None
+    quant: Any = None  # as Const.quant; kept whatever the number of consumers
 
 
 Value = Const | Dyn
@@ -93,6 +97,8 @@ class Options:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype | None = None  # compute dtype for float tensors; None: as declared
     channels_last: bool = False
+    # Picks our kernel or torch's route per layer (routing.KernelRouter); None: torch's.
+    router: Any = None
 
 
 @contextlib.contextmanager
@@ -148,6 +154,7 @@ class NodeCtx:
         self._attrs = attrs
         self._attr_cache: dict[str, Any] = {}
         self.origin_out: Any = None  # see Dyn.origin
+        self.quant_out: Any = None  # see Const.quant: output 0's quantized form
 
     # -- attributes ------------------------------------------------------------------
     def attr(self, name: str, default: Any = None) -> Any:
@@ -160,6 +167,17 @@ class NodeCtx:
     def has_attr(self, name: str) -> bool:
         return name in self._attrs
 
+    def attr_values(self) -> dict[str, Any]:
+        """Every attribute as plain data (ints, floats, strings and lists of them)."""
+        out: dict[str, Any] = {}
+        for name in self._attrs:
+            value = self.attr(name)
+            if isinstance(value, (int, float, str)) or (
+                isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value)
+            ):
+                out[name] = value
+        return out
+
     # -- inputs ------------------------------------------------------------------------
     @property
     def ninputs(self) -> int:
@@ -170,6 +188,16 @@ class NodeCtx:
 
     def is_const(self, i: int) -> bool:
         return self.has(i) and isinstance(self._inputs[i], Const)
+
+    def quant(self, i: int) -> Any:
+        """Input i's quantized form (ops_quant.Quantized) when a DequantizeLinear made it."""
+        v = self._inputs[i] if i < len(self._inputs) else None
+        return None if v is None else v.quant
+
+    @property
+    def router(self) -> Any:
+        """The session's per-layer kernel router (None: torch's route everywhere)."""
+        return None if self.folding else self.lowering.options.router
 
     def origin(self, i: int) -> Any:
         """How input i's producer made it, if this node is its only consumer (else None)."""
@@ -624,13 +652,14 @@ class Lowering:
             if i >= len(outs) or outs[i] is None:
                 raise NotSupported(f"{label}: output {i} ({name!r}) is not supported")
             out = outs[i]
+            quant = ctx.quant_out if i == 0 else None
             if isinstance(out, Const):
                 env[name] = out
             elif folding:
-                env[name] = Const(out)
+                env[name] = Const(out, quant)
             else:
                 single = env is self._main and self._uses.get(name, 0) == 1
-                env[name] = Dyn(out, deps, ctx.origin_out if single else None)
+                env[name] = Dyn(out, deps, ctx.origin_out if single else None, quant)
 
     def _run_if(
         self,

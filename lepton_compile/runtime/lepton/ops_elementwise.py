@@ -37,7 +37,6 @@ _UNARY = {
     "Acosh": torch.acosh,
     "Atanh": torch.atanh,
     "Erf": torch.erf,
-    "Relu": torch.relu,
     "Sigmoid": torch.sigmoid,
     "Tanh": torch.tanh,
     "Softsign": F.softsign,
@@ -98,6 +97,29 @@ def selu(ctx: NodeCtx):
     alpha = ctx.attr("alpha", 1.67326319217681884765625)
     gamma = ctx.attr("gamma", 1.05070102214813232421875)
     return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+@op("Relu")
+def relu(ctx: NodeCtx):
+    x = ctx.input(0)
+    qx = ctx.quant(0)
+    if qx is not None and not ctx.folding and not qx.const and qx.per_tensor:
+        # relu(dequantize(q)) = dequantize(max(q, zero)): a quantized consumer (a QDQ Conv
+        # after an FP8 recipe's Relu) can still compute in integers / FP8.
+        from lepton_compile.runtime.lepton.lower import no_tracing
+        from lepton_compile.runtime.lepton.quant_layers import Quantized
+
+        q = qx.q
+        if qx.kind == "int8":
+            with no_tracing():
+                zero = int(qx.zero.reshape(-1)[0]) if qx.zero is not None else 0
+            q = torch.clamp(q, min=zero)
+        elif qx.kind == "fp8":
+            u = q.view(torch.uint8)  # sign bit set: negative (or -0): becomes +0
+            q = torch.where(u >= 128, torch.zeros_like(u), u).view(q.dtype)
+        if qx.kind in ("int8", "fp8"):
+            ctx.quant_out = Quantized(q, qx.scale, qx.zero, None, False)
+    return torch.relu(x)
 
 
 @op("LeakyRelu")

@@ -113,6 +113,11 @@ class ConvOrigin:
 
 @op("Conv")
 def conv_op(ctx: NodeCtx):
+    from lepton_compile.runtime.lepton.quant_layers import quantized_conv
+
+    y = quantized_conv(ctx)  # a QDQ layer: integer / FP8 arithmetic
+    if y is not None:
+        return y
     x = ctx.input(0)
     if not ctx.folding and ctx.is_const(1) and (not ctx.has(2) or ctx.is_const(2)):
         ctx.origin_out = ConvOrigin(ctx, x)
@@ -196,11 +201,21 @@ def gemm(ctx: NodeCtx, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None)
 
 @op("Gemm")
 def gemm_op(ctx: NodeCtx):
+    from lepton_compile.runtime.lepton.quant_layers import quantized_matmul
+
+    y = quantized_matmul(ctx, bias_index=2)
+    if y is not None:
+        return y
     return gemm(ctx, ctx.input(0), ctx.input(1), ctx.input(2))
 
 
 @op("MatMul")
 def matmul(ctx: NodeCtx):
+    from lepton_compile.runtime.lepton.quant_layers import quantized_matmul
+
+    y = quantized_matmul(ctx)
+    if y is not None:
+        return y
     return torch.matmul(ctx.input(0), ctx.input(1))
 
 
