@@ -1,4 +1,9 @@
-"""Measurement: statistics, energy meters, device records and the interleaved trial protocol."""
+"""Measurement: statistics, energy meters, device records and the interleaved trial protocol.
+
+The subpackages ``roofline`` (FLOP and byte counts, spec-sheet peaks, reference energy) and
+``zoo`` (pinned benchmark models) are imported where they are used; the benchmark suites that
+use this library live in ``benchmarks/``.
+"""
 
 from lepton_compile.bench.device import device_record, record_key
 from lepton_compile.bench.energy import (

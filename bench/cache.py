@@ -25,12 +25,11 @@ fresh one is created. A higher ``SCHEMA_VERSION`` drops the older rows on first 
 written by a newer release is left alone and caching is off.
 Non-JSON values are a caller bug and raise ``TypeError``.
 
-    python -m lepton_compile.bench.cache list|clear [--older-than 7d] [--path FILE]
+Its command line is ``lepton-compile cache list|clear``.
 """
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import dataclasses
 import hashlib
@@ -40,10 +39,9 @@ import math
 import os
 import random
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +55,6 @@ __all__ = [
     "ResultCache",
     "cache_key",
     "default_cache_path",
-    "main",
     "open_cache",
     "parse_age",
     "result_key",
@@ -522,7 +519,7 @@ def open_cache(
     return ResultCache(path) if enabled else NullCache()
 
 
-# --- command line -----------------------------------------------------------------------------
+# --- ages -----------------------------------------------------------------------------------
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -539,57 +536,3 @@ def parse_age(text: str) -> float:
     if v < 0 or math.isnan(v):
         raise ValueError(f"bad age {text!r}: must be >= 0")
     return v
-
-
-def _human_size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
-
-
-def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
-    """``list`` and ``clear``: what ``lepton-compile cache list|clear`` runs."""
-    ap = argparse.ArgumentParser(prog=prog or "python -m lepton_compile.bench.cache")
-    ap.add_argument("--path", help=f"cache file (default ${ENV_CACHE} or {default_cache_path()})")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p_list = sub.add_parser("list", help="list stored results, newest first")
-    p_list.add_argument("--json", action="store_true", help="one JSON object per line")
-    p_clear = sub.add_parser("clear", help="delete stored results")
-    p_clear.add_argument("--older-than", help="only those older than this (90s, 15m, 12h, 7d)")
-    args = ap.parse_args(argv)
-    older = None
-    if args.cmd == "clear" and args.older_than:
-        try:
-            older = parse_age(args.older_than)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    cache = ResultCache(args.path)
-    try:
-        if args.cmd == "clear":
-            n = cache.clear(older)
-            print(f"removed {n} result(s) from {cache.path}")
-            return 0
-        rows = cache.list()
-        if args.json:
-            for r in rows:
-                print(json.dumps(r.to_dict()))
-            return 0
-        print(f"{cache.path}: {len(rows)} result(s)")
-        if rows:
-            print(f"{'key':12}  {'created':19}  {'size':>9}  {'backend':10}  {'recipe':16}  model")
-        for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-            print(
-                f"{r.key_prefix:12}  {when:19}  {_human_size(r.size):>9}  {r.backend or '-':10}  "
-                f"{(r.recipe or '-')[:16]:16}  {r.model or '-'}"
-            )
-        return 0
-    finally:
-        cache.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

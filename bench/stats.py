@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "Ratio",
     "Stats",
@@ -65,22 +67,17 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def percentile(sorted_samples: Sequence[float], q: float) -> float:
-    """q-th percentile (0..100) of already sorted samples, linear interpolation between ranks.
+def percentile(samples: Sequence[float], q: float) -> float:
+    """q-th percentile (0..100) of samples, linear interpolation between ranks.
 
-    Same definition as numpy's default (Hyndman & Fan type 7), so figures agree with numpy and
+    numpy's default definition (Hyndman & Fan type 7), so figures agree with numpy and
     triton.testing.do_bench quantiles.
     """
-    n = len(sorted_samples)
-    if n == 0:
+    if len(samples) == 0:
         raise ValueError("percentile of no samples")
     if not 0.0 <= q <= 100.0:
         raise ValueError(f"percentile q={q} outside [0, 100]")
-    pos = (n - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * frac
+    return float(np.percentile(samples, q, method="linear"))
 
 
 def summarize(samples: Sequence[float], ci_over: Sequence[float] | None = None) -> Stats:
@@ -95,9 +92,11 @@ def summarize(samples: Sequence[float], ci_over: Sequence[float] | None = None) 
     if not all(math.isfinite(x) for x in xs):
         raise ValueError("summarize() got a non-finite sample (nan or inf)")
     n = len(xs)
+    # fsum, not numpy's pairwise sum: exactly rounded, so a mean (and the decisions made on
+    # it) does not depend on the order in which trials ran.
     mean = math.fsum(xs) / n
     std = _sample_std(xs, mean)
-    s = sorted(xs)
+    p50, p90, p99 = (float(p) for p in np.percentile(xs, [50, 90, 99], method="linear"))
     if ci_over is None:
         ci95, ci_n = _ci95(std, n), n
     else:
@@ -110,11 +109,11 @@ def summarize(samples: Sequence[float], ci_over: Sequence[float] | None = None) 
         n=n,
         mean=mean,
         std=std,
-        p50=percentile(s, 50),
-        p90=percentile(s, 90),
-        p99=percentile(s, 99),
-        min=s[0],
-        max=s[-1],
+        p50=p50,
+        p90=p90,
+        p99=p99,
+        min=min(xs),
+        max=max(xs),
         ci95=ci95,
         ci_n=ci_n,
     )

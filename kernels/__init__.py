@@ -6,6 +6,7 @@
     gemm_int4     INT4 weight-only GEMM (MatMulNBits layout), dequantized in-kernel
     conv          conv2d as implicit GEMM on NHWC (stride, padding, dilation, groups) and a
                   depthwise kernel, + epilogue
+    configs       the autotune config tables of every kernel, per architecture and M bucket
     dispatch      per-layer choice between our kernel and torch's route, by measurement
     specs         every kernel x config as a compile spec (the Hopper compile gate, AOT later)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict
 
 import torch
 import triton
@@ -27,6 +27,28 @@ from lepton_compile.contract import ACTIVATION_CODES, ACTIVATIONS, resolve_activ
 # constexpr the kernels branch on in `apply_activation`.
 
 INT32_MAX = 2**31 - 1
+
+
+class Epilogue(TypedDict, total=False):
+    """The epilogue keywords every launcher and torch reference takes (`**epilogue`).
+
+    activation / post_activation name a contract activation ("none" when absent), *_params
+    its parameters (empty: the defaults); out_dtype is Y's dtype (absent or None: the
+    launcher's default, the input dtype unless its docstring says otherwise).
+    """
+
+    activation: str
+    activation_params: Sequence[float]
+    post_activation: str
+    post_activation_params: Sequence[float]
+    out_dtype: torch.dtype | None
+
+
+def split_epilogue(epilogue: Mapping[str, Any], default_out: Any) -> tuple[Any, dict[str, Any]]:
+    """(out_dtype, the activation keywords) of a launcher's `**epilogue`; `default_out` when
+    out_dtype is absent."""
+    spec = dict(epilogue)
+    return spec.pop("out_dtype", default_out), spec
 
 
 def activation_args(name: str, params: Sequence[float], what: str = "activation") -> tuple:
@@ -87,23 +109,20 @@ def epilogue_store(
     offs_n,
     M,
     N,
-    bias_ptr,
-    res_ptr,
-    stride_rm,
-    stride_rn,
-    y_ptr,
-    stride_ym,
-    stride_yn,
-    p0,
-    p1,
-    q0,
-    q1,
+    epi,
     HAS_BIAS: tl.constexpr,
     ACT: tl.constexpr,
     HAS_RES: tl.constexpr,
     POST_ACT: tl.constexpr,
 ):
-    """Y[m, n] = cast(post(act(acc + bias[n]) + res[m, n])) for the in-range part of a tile."""
+    """Y[m, n] = cast(post(act(acc + bias[n]) + res[m, n])) for the in-range part of a tile.
+
+    `epi` holds the epilogue's run-time arguments as one tuple (the kernels pass eleven of
+    them to every store), in the kernels' argument order: (bias_ptr, res_ptr, stride_rm,
+    stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1). The flags stay separate: a
+    constexpr loses its compile-time value inside a tuple.
+    """
+    bias_ptr, res_ptr, stride_rm, stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1 = epi
     mask_m = offs_m < M
     mask_n = offs_n < N
     mask = mask_m[:, None] & mask_n[None, :]
@@ -130,28 +149,12 @@ def store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k):
 
 @triton.jit
 def splitk_epilogue_kernel(
-    ws_ptr,
-    bias_ptr,
-    res_ptr,
-    y_ptr,
-    M,
-    N,
-    stride_rm,
-    stride_rn,
-    stride_ym,
-    stride_yn,
-    p0,
-    p1,
-    q0,
-    q1,
-    SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    POST_ACT: tl.constexpr,
-):
+    ws_ptr, bias_ptr, res_ptr, y_ptr,
+    M, N,
+    stride_rm, stride_rn, stride_ym, stride_yn, p0, p1, q0, q1,
+    SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, POST_ACT: tl.constexpr,
+):  # fmt: skip
     """Second pass of split-K: sum the SPLIT_K fp32 partials in a fixed order, then the epilogue."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -160,28 +163,8 @@ def splitk_epilogue_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for s in tl.static_range(SPLIT_K):
         acc += tl.load(ptrs + s * M * N, mask=mask, other=0.0)
-    epilogue_store(
-        acc,
-        offs_m,
-        offs_n,
-        M,
-        N,
-        bias_ptr,
-        res_ptr,
-        stride_rm,
-        stride_rn,
-        y_ptr,
-        stride_ym,
-        stride_yn,
-        p0,
-        p1,
-        q0,
-        q1,
-        HAS_BIAS,
-        ACT,
-        HAS_RES,
-        POST_ACT,
-    )
+    epi = (bias_ptr, res_ptr, stride_rm, stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1)
+    epilogue_store(acc, offs_m, offs_n, M, N, epi, HAS_BIAS, ACT, HAS_RES, POST_ACT)
 
 
 SPLITK_EPILOGUE_BLOCK = (32, 128)  # (BLOCK_M, BLOCK_N) of the reduce pass: memory bound
@@ -221,14 +204,17 @@ def epilogue_reference(
     acc: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
-    activation: str,
-    activation_params: Sequence[float],
-    post_activation: str,
-    post_activation_params: Sequence[float],
-    out_dtype: torch.dtype,
+    default_out: torch.dtype,
+    *,
     bias_dim: int = -1,
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The fused epilogue in fp32 on `acc` (bias broadcast along `bias_dim`), cast at the end."""
+    """The fused epilogue in fp32 on `acc` (bias broadcast along `bias_dim`), cast at the end
+    to out_dtype (None: `default_out`): what a launcher's torch reference ends with."""
     y = acc.float()
     if bias is not None:
         shape = [1] * y.dim()
@@ -238,7 +224,7 @@ def epilogue_reference(
     if residual is not None:
         y = y + residual.float()
     y = activation_reference(post_activation, y, post_activation_params)
-    return y.to(out_dtype)
+    return y.to(out_dtype or default_out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -607,7 +593,7 @@ def dot_upcast(dtype: torch.dtype) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# GEMM building blocks shared by the fp16/bf16, W8A8 and FP8 kernels.
+# Triton building blocks of the GEMM-shaped kernels (fp16/bf16/fp32, W8A8, FP8, INT4, conv).
 
 
 @triton.jit
@@ -625,39 +611,8 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 
 @triton.jit
-def gemm_mainloop(
-    a_ptr,
-    b_ptr,
-    M,
-    N,
-    K,
-    stride_am,
-    stride_ak,
-    stride_bk,
-    stride_bn,
-    pid_m,
-    pid_n,
-    pid_k,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    ACC_TYPE: tl.constexpr,
-    DOT_MODE: tl.constexpr,
-):
-    """A[pid_m rows] @ B[pid_n cols] over this program's share of K, in ACC_TYPE.
-
-    DOT_MODE 0: tl.dot on the loaded types; 1: operands upcast to fp32 first (interpreter
-    bf16 only); 2: fp8 with the accumulator promoted to fp32 after every BLOCK_K (Hopper's
-    fp8 wgmma otherwise accumulates in reduced precision for the whole K).
-    """
-    # Rows/columns past M/N wrap around instead of being masked: loads stay unmasked along
-    # M and N (the store masks them), which keeps them vectorized.
-    offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
-    offs_bn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
-    offs_k = tl.arange(0, BLOCK_K)
-    k_iters = tl.cdiv(K, BLOCK_K)
+def splitk_range(k_iters, pid_k, SPLIT_K: tl.constexpr):
+    """[it_lo, it_hi): the K-iterations of split `pid_k` (all k_iters when SPLIT_K == 1)."""
     if SPLIT_K == 1:
         it_lo = 0
         it_hi = k_iters
@@ -665,6 +620,50 @@ def gemm_mainloop(
         per_split = tl.cdiv(k_iters, SPLIT_K)
         it_lo = pid_k * per_split
         it_hi = tl.minimum(it_lo + per_split, k_iters)
+    return it_lo, it_hi
+
+
+@triton.jit
+def gemm_program(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n, pid_k) of a split-K GEMM program: axis 0 walks the output tiles in
+    grouped order, axis 1 the K splits."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    return pid_m, pid_n, tl.program_id(1)
+
+
+@triton.jit
+def gemm_tile(
+    a_op,
+    b_op,
+    M,
+    N,
+    K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    ACC_TYPE: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    """This program's tile of A @ B over its share of K (see `gemm_program`), in ACC_TYPE:
+    (acc, offs_m, offs_n, pid_k).
+
+    a_op = (a_ptr, stride_am, stride_ak), b_op = (b_ptr, stride_bk, stride_bn). DOT_MODE 0:
+    tl.dot on the loaded types; 1: operands upcast to fp32 first (interpreter bf16 only);
+    2: fp8 with the accumulator promoted to fp32 after every BLOCK_K (Hopper's fp8 wgmma
+    otherwise accumulates in reduced precision for the whole K).
+    """
+    a_ptr, stride_am, stride_ak = a_op
+    b_ptr, stride_bk, stride_bn = b_op
+    pid_m, pid_n, pid_k = gemm_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    # Rows/columns past M/N wrap around instead of being masked: loads stay unmasked along
+    # M and N (the store masks them), which keeps them vectorized.
+    offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_bn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_k = tl.arange(0, BLOCK_K)
+    it_lo, it_hi = splitk_range(tl.cdiv(K, BLOCK_K), pid_k, SPLIT_K)
     a_ptrs = a_ptr + offs_am[:, None] * stride_am + (it_lo * BLOCK_K + offs_k)[None, :] * stride_ak
     b_ptrs = b_ptr + (it_lo * BLOCK_K + offs_k)[:, None] * stride_bk + offs_bn[None, :] * stride_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TYPE)
@@ -694,83 +693,9 @@ def gemm_mainloop(
             acc = tl.dot(a, b, acc, out_dtype=ACC_TYPE)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
-    return acc
-
-
-GEMM_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
-
-
-def run_splitk_epilogue(
-    ws: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    y2d: torch.Tensor,
-    res2d: torch.Tensor | None,
-    epi: dict[str, Any],
-    split_k: int,
-) -> None:
-    """Launch the reduce pass over a (split_k, M, N) fp32 workspace into the 2-D view y2d."""
-    m, n = y2d.shape
-    bm, bn = SPLITK_EPILOGUE_BLOCK
-    grid = (cdiv(m, bm), cdiv(n, bn))
-    count_launch("splitk-epilogue")
-    splitk_epilogue_kernel[grid](
-        ws,
-        bias if bias is not None else ws,
-        res2d if res2d is not None else ws,
-        y2d,
-        m,
-        n,
-        res2d.stride(0) if res2d is not None else 0,
-        res2d.stride(1) if res2d is not None else 0,
-        y2d.stride(0),
-        y2d.stride(1),
-        epi["p0"],
-        epi["p1"],
-        epi["q0"],
-        epi["q1"],
-        SPLIT_K=split_k,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        HAS_BIAS=bias is not None,
-        ACT=epi["ACT"],
-        HAS_RES=residual is not None,
-        POST_ACT=epi["POST_ACT"],
-        num_warps=4,
-    )
-
-
-_EPILOGUES: dict[tuple, tuple] = {}
-_PLAIN_NUMBERS = (float, int)
-
-
-def _params_key(params: Sequence[float]) -> tuple | None:
-    # Only plain numbers make a cache key (a tensor parameter could change in place).
-    key = params if type(params) is tuple else tuple(params)
-    for p in key:
-        if type(p) not in _PLAIN_NUMBERS:
-            return None
-    return key
-
-
-def epilogue_args(
-    activation: str,
-    activation_params: Sequence[float],
-    post_activation: str,
-    post_activation_params: Sequence[float],
-) -> dict[str, Any]:
-    """Kernel arguments of an epilogue: constexpr codes ACT/POST_ACT and params p0, p1, q0, q1."""
-    pa, pq = _params_key(activation_params), _params_key(post_activation_params)
-    key = (activation, pa, post_activation, pq) if pa is not None and pq is not None else None
-    codes = _EPILOGUES.get(key) if key is not None else None
-    if codes is None:
-        act, p0, p1 = activation_args(activation, activation_params)
-        post, q0, q1 = activation_args(post_activation, post_activation_params, "post_activation")
-        codes = (act, p0, p1, post, q0, q1)
-        if key is not None:
-            _EPILOGUES[key] = codes
-    act, p0, p1, post, q0, q1 = codes
-    return {"ACT": act, "POST_ACT": post, "p0": p0, "p1": p1, "q0": q0, "q1": q1}
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return acc, offs_m, offs_n, pid_k
 
 
 @triton.jit
@@ -800,10 +725,6 @@ def apply_scales(
     return acc
 
 
-# ---------------------------------------------------------------------------------------
-# Launcher pieces shared by gemm, the scaled GEMMs and conv2d.
-
-
 @triton.jit
 def store_tile(
     acc,
@@ -811,51 +732,64 @@ def store_tile(
     offs_n,
     M,
     N,
-    bias_ptr,
-    res_ptr,
-    stride_rm,
-    stride_rn,
-    y_ptr,
-    stride_ym,
-    stride_yn,
+    epi,
     ws_ptr,
     pid_k,
-    p0,
-    p1,
-    q0,
-    q1,
     SPLIT_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ACT: tl.constexpr,
     HAS_RES: tl.constexpr,
     POST_ACT: tl.constexpr,
 ):
-    """The fused epilogue into Y (SPLIT_K == 1), else an fp32 partial into the workspace."""
+    """The fused epilogue into Y (SPLIT_K == 1), else an fp32 partial into the workspace.
+
+    `epi`: the epilogue's run-time arguments, as for `epilogue_store`.
+    """
     if SPLIT_K == 1:
-        epilogue_store(
-            acc,
-            offs_m,
-            offs_n,
-            M,
-            N,
-            bias_ptr,
-            res_ptr,
-            stride_rm,
-            stride_rn,
-            y_ptr,
-            stride_ym,
-            stride_yn,
-            p0,
-            p1,
-            q0,
-            q1,
-            HAS_BIAS,
-            ACT,
-            HAS_RES,
-            POST_ACT,
-        )
+        epilogue_store(acc, offs_m, offs_n, M, N, epi, HAS_BIAS, ACT, HAS_RES, POST_ACT)
     else:
         store_partial(acc, offs_m, offs_n, M, N, ws_ptr, pid_k)
+
+
+# ---------------------------------------------------------------------------------------
+# Launcher pieces shared by the GEMMs and conv2d: epilogue arguments, output, configs,
+# split-K.
+
+GEMM_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+GEMM_BUCKETS = ("m32", "m128", "m512", "large")
+GEMM_TUNE_KEY = ("M", "N", "K", "stride_ak", "stride_bn")
+
+_EPILOGUES: dict[tuple, tuple] = {}
+_PLAIN_NUMBERS = (float, int)
+
+
+def _params_key(params: Sequence[float]) -> tuple | None:
+    # Only plain numbers make a cache key (a tensor parameter could change in place).
+    key = params if type(params) is tuple else tuple(params)
+    for p in key:
+        if type(p) not in _PLAIN_NUMBERS:
+            return None
+    return key
+
+
+def epilogue_args(
+    activation: str = "none",
+    activation_params: Sequence[float] = (),
+    post_activation: str = "none",
+    post_activation_params: Sequence[float] = (),
+) -> dict[str, Any]:
+    """Kernel arguments of an epilogue: constexpr codes ACT/POST_ACT and params p0, p1, q0, q1."""
+    pa, pq = _params_key(activation_params), _params_key(post_activation_params)
+    key = (activation, pa, post_activation, pq) if pa is not None and pq is not None else None
+    codes = _EPILOGUES.get(key) if key is not None else None
+    if codes is None:
+        act, p0, p1 = activation_args(activation, activation_params)
+        post, q0, q1 = activation_args(post_activation, post_activation_params, "post_activation")
+        codes = (act, p0, p1, post, q0, q1)
+        if key is not None:
+            _EPILOGUES[key] = codes
+    act, p0, p1, post, q0, q1 = codes
+    return {"ACT": act, "POST_ACT": post, "p0": p0, "p1": p1, "q0": q0, "q1": q1}
 
 
 def epilogue_kernel_args(
@@ -889,13 +823,96 @@ def epilogue_kernel_args(
     )
 
 
+def run_splitk_epilogue(
+    ws: torch.Tensor,
+    bias: torch.Tensor | None,
+    y2d: torch.Tensor,
+    res2d: torch.Tensor | None,
+    epi: dict[str, Any],
+    split_k: int,
+) -> None:
+    """Launch the reduce pass over a (split_k, M, N) fp32 workspace into the 2-D view y2d."""
+    m, n = y2d.shape
+    bm, bn = SPLITK_EPILOGUE_BLOCK
+    grid = (cdiv(m, bm), cdiv(n, bn))
+    count_launch("splitk-epilogue")
+    # The epilogue arguments of the main pass, with the workspace as the dummy pointer.
+    args = epilogue_kernel_args(epi, bias, res2d, y2d)
+    if bias is None:
+        args["bias_ptr"] = ws
+    if res2d is None:
+        args["res_ptr"] = ws
+    splitk_epilogue_kernel[grid](
+        ws, M=m, N=n, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **args
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedOutput:
+    """The output side of a launch: Y, its 2-D (rows, N) view, the residual's, bias, epilogue."""
+
+    y: torch.Tensor
+    y2d: torch.Tensor
+    res2d: torch.Tensor | None
+    bias: torch.Tensor | None
+    epi: dict[str, Any]
+
+    @classmethod
+    def of_matrix(
+        cls,
+        y: torch.Tensor,
+        bias: torch.Tensor | None,
+        residual: torch.Tensor | None,
+        epi: dict[str, Any],
+    ) -> FusedOutput:
+        """A GEMM's Y (..., N), with it and the residual (Y's shape) viewed as (M, N) (views
+        of empty tensors too: the launcher returns Y at once then)."""
+        m, n = math.prod(y.shape[:-1]), y.shape[-1]
+        y2 = y if y.dim() == 2 else y.view(m, n)
+        r2 = None
+        if residual is not None:
+            r2 = residual if residual.dim() == 2 else residual.reshape(m, n)
+        return cls(y, y2, r2, bias, epi)
+
+    def kernel_args(self, fused: bool = True) -> dict[str, Any]:
+        """The epilogue's kernel arguments (see `epilogue_kernel_args`)."""
+        return epilogue_kernel_args(self.epi, self.bias, self.res2d, self.y2d, fused)
+
+    def reduce(self, ws: torch.Tensor, split_k: int) -> None:
+        """Sum a split-K workspace into Y through the epilogue (`run_splitk_epilogue`)."""
+        run_splitk_epilogue(ws, self.bias, self.y2d, self.res2d, self.epi, split_k)
+
+
+def check_out_dtype(out_dtype: torch.dtype) -> None:
+    if out_dtype not in FLOAT_OUT:
+        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
+
+
+def gemm_rows(
+    a: torch.Tensor,
+    n: int,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    epi_spec: Mapping[str, Any],
+) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+    """(a as 2-D rows, Y's shape, epilogue args) of a GEMM of a (..., K) with N columns.
+
+    epi_spec: the activation keywords (`split_epilogue`).
+    """
+    out_shape = (*a.shape[:-1], n)
+    check_epilogue_inputs(bias, residual, n, out_shape)
+    epi = epilogue_args(**epi_spec)
+    a2 = a if a.dim() == 2 else a.reshape(-1, a.shape[-1])
+    return a2, out_shape, epi
+
+
 def check_gemm_inputs(
     a: torch.Tensor,
     b: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
     out_dtype: torch.dtype,
-    epi_spec: tuple,
+    epi_spec: Mapping[str, Any],
 ) -> tuple[torch.Tensor, int, int, int, tuple, dict[str, Any]]:
     """Shape/layout checks of a GEMM a (..., K) @ b (K, N): (a2, m, k, n, out_shape, epi)."""
     if a.dim() < 1:
@@ -904,24 +921,76 @@ def check_gemm_inputs(
     k, n = b.shape
     if a.shape[-1] != k:
         raise ValueError(f"a has shape {tuple(a.shape)} and b {tuple(b.shape)}: inner dims differ")
-    if out_dtype not in FLOAT_OUT:
-        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
-    out_shape = (*a.shape[:-1], n)
-    check_epilogue_inputs(bias, residual, n, out_shape)
-    epi = epilogue_args(*epi_spec)
-    a2 = a if a.dim() == 2 else a.reshape(-1, k)
+    check_out_dtype(out_dtype)
+    a2, out_shape, epi = gemm_rows(a, n, bias, residual, epi_spec)
     check_matrix_layout("a (as 2-D)", a2)
     return a2, a2.shape[0], k, n, out_shape, epi
 
 
-def fit_smem(
-    configs: list[triton.Config], limit: int, a_bytes: int, b_bytes: int
+def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialized Y of `shape` (ValueError past int32 indexing)."""
+    check_output_size(math.prod(shape))
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def gemm_strides(a2: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
+    """stride_am, stride_ak, stride_bk, stride_bn of 2-D operands a (M, K) and b (K, N)."""
+    a_st, b_st = a2.stride(), b.stride()
+    return dict(stride_am=a_st[0], stride_ak=a_st[1], stride_bk=b_st[0], stride_bn=b_st[1])
+
+
+def scale_block_k(rows: list[tuple], elem_bytes: int) -> list[tuple]:
+    """Config rows for operands wider than 2 bytes: BLOCK_K (the third value) scaled down, not
+    below 16, so that the tiles keep the footprint the table was made for."""
+    return [(bm, bn, max(16, bk * 2 // elem_bytes), *rest) for bm, bn, bk, *rest in rows]
+
+
+def table_configs(
+    arch: Arch,
+    m: int | None,
+    sm90: dict[str, list[tuple]],
+    sm80: dict[str, list[tuple]],
+    interpreter: list[tuple],
+    adjust: Callable[[list[tuple]], list[tuple]] | None = None,
 ) -> list[triton.Config]:
-    """Configs whose pipelined tiles fit in `limit` bytes, else the smallest one."""
+    """GEMM configs from M-bucketed tables of rows (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+    num_stages, num_warps): sm90's for Hopper and newer, sm80's below, `interpreter` there.
+
+    m=None gives the union over all buckets (the compile gate compiles each of them);
+    `adjust` rewrites the table rows (fp32 operands: smaller K-blocks or fewer stages).
+    """
+    if arch == "interpreter":
+        return make_configs(interpreter, GEMM_META)
+    table = sm90 if int(arch) >= 90 else sm80
+    buckets = GEMM_BUCKETS if m is None else (gemm_bucket(m),)
+    rows = [row for b in buckets for row in table[b]]
+    if adjust is not None:
+        rows = adjust(rows)
+    return dedupe(make_configs(rows, GEMM_META))
+
+
+def fit_smem(
+    configs: Sequence[triton.Config], limit: int, a_bytes: int, b_bytes: int
+) -> list[triton.Config]:
+    """Configs whose pipelined tiles fit in `limit` bytes, else the smallest one.
+
+    limit 0 (the interpreter, which has no shared memory to fill): all of them.
+    """
+    if limit <= 0:
+        return list(configs)
     fitting = [c for c in configs if smem_estimate(c, a_bytes, b_bytes) <= limit]
     if not fitting:  # a smaller GPU than any table was made for: the smallest config
         fitting = [min(configs, key=lambda c: smem_estimate(c, a_bytes, b_bytes))]
     return fitting
+
+
+def pinned_or_memo(
+    config: triton.Config | None, key: tuple, build: Callable[[], Sequence[triton.Config]]
+) -> Sequence[triton.Config]:
+    """The caller's pinned config alone (no autotuning), else `memo_configs(key, build)`."""
+    if config is not None:
+        return (config,)
+    return memo_configs(key, build)
 
 
 class SplitKRule:
@@ -983,4 +1052,34 @@ def even_k(meta: dict) -> bool:
     return meta["K"] % meta["BLOCK_K"] == 0
 
 
-GEMM_TUNE_KEY = ("M", "N", "K", "stride_ak", "stride_bn")
+def launch_gemm(
+    kernel: Any,
+    args: dict[str, Any],
+    configs: Sequence[triton.Config],
+    out: FusedOutput,
+    split_k: int | None,
+    tuner_id: tuple,
+    key: Sequence[str] = GEMM_TUNE_KEY,
+    heuristics: dict[str, Callable[[dict], Any]] | None = None,
+) -> None:
+    """Launch a split-K GEMM kernel (grid `gemm_grid`), then the reduce pass if it split K.
+
+    `args`: the kernel's own arguments, M, N and K among them; the epilogue's come from
+    `out`, the workspace and the SPLIT_K rule (per config, see SplitKRule) from here.
+    `heuristics` default: EVEN_K alone.
+    """
+    m, n, k = args["M"], args["N"], args["K"]
+    rule, ws = gemm_split_k(split_k, configs, m, n, k, out.y2d.device, out.y2d)
+    args = {**out.kernel_args(), **args, "ws_ptr": ws}
+    cfg = launch(
+        kernel,
+        gemm_grid,
+        args,
+        configs,
+        tuner_id=(*tuner_id, rule.key),
+        key=key,
+        heuristics={**(heuristics or {"EVEN_K": even_k}), "SPLIT_K": rule},
+    )
+    split = launched_split(rule, args, cfg)
+    if split > 1:
+        out.reduce(ws, split)

@@ -14,6 +14,7 @@ so tensor cores would multiply mostly padding; it runs FMAs on channel-contiguou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,27 +24,31 @@ import triton.language as tl
 from lepton_compile.kernels._common import (
     FLOAT_OUT,
     Arch,
+    FusedOutput,
     cdiv,
     check_device,
     check_dtype,
+    check_out_dtype,
     check_output_size,
     dedupe,
     device_facts,
     dot_upcast,
     epilogue_args,
-    epilogue_kernel_args,
     epilogue_reference,
     epilogue_store,
+    fit_smem,
     grouped_tile,
     launch,
     make_configs,
-    memo_configs,
     num_sms,
     pick_split_k,
-    run_splitk_epilogue,
-    smem_estimate,
+    pinned_or_memo,
+    scale_block_k,
+    split_epilogue,
+    splitk_range,
     store_partial,
 )
+from lepton_compile.kernels.configs import CONV_SM80, CONV_SM90, DEPTHWISE
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FLAT_BELOW = 32  # channels per group under which K is gathered flat over (r, s, c)
@@ -51,57 +56,18 @@ FLAT_BELOW = 32  # channels per group under which K is gathered flat over (r, s,
 
 @triton.jit
 def conv2d_kernel(
-    x_ptr,
-    w_ptr,
-    bias_ptr,
-    res_ptr,
-    y_ptr,
-    ws_ptr,
-    N,
-    H,
-    W,
-    P,
-    Q,
-    COUT,
-    CIN_G,
-    COUT_G,
-    stride_xn,
-    stride_xh,
-    stride_xw,
-    stride_xc,
-    stride_wo,
-    stride_wc,
-    stride_wr,
-    stride_ws,
-    stride_rm,
-    stride_rn,
-    stride_ym,
-    stride_yn,
-    conv_stride_h,
-    conv_stride_w,
-    pad_h,
-    pad_w,
-    dil_h,
-    dil_w,
-    p0,
-    p1,
-    q0,
-    q1,
-    R: tl.constexpr,
-    S: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    K_FLAT: tl.constexpr,
-    EVEN_C: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    POST_ACT: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, ws_ptr,
+    N, H, W, P, Q, COUT, CIN_G, COUT_G,
+    stride_xn, stride_xh, stride_xw, stride_xc, stride_wo, stride_wc, stride_wr, stride_ws,
+    stride_rm, stride_rn, stride_ym, stride_yn,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    p0, p1, q0, q1,
+    R: tl.constexpr, S: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, K_FLAT: tl.constexpr, EVEN_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, POST_ACT: tl.constexpr,
     DOT_MODE: tl.constexpr,
-):
+):  # fmt: skip
     M = N * P * Q
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, COUT_G, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
@@ -127,13 +93,7 @@ def conv2d_kernel(
     else:
         c_blocks = tl.cdiv(CIN_G, BLOCK_K)
         k_iters = R * S * c_blocks
-    if SPLIT_K == 1:
-        it_lo = 0
-        it_hi = k_iters
-    else:
-        per_split = tl.cdiv(k_iters, SPLIT_K)
-        it_lo = pid_k * per_split
-        it_hi = tl.minimum(it_lo + per_split, k_iters)
+    it_lo, it_hi = splitk_range(k_iters, pid_k, SPLIT_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     a_zero = tl.zeros((BLOCK_M, BLOCK_K), x_ptr.dtype.element_ty)
@@ -183,76 +143,27 @@ def conv2d_kernel(
 
     if SPLIT_K == 1:
         # This group's columns only: offsets by g * COUT_G, masks on the group's width.
-        epilogue_store(
-            acc,
-            offs_m,
-            offs_n,
-            M,
-            COUT_G,
-            bias_ptr + g * COUT_G,
-            res_ptr + g * COUT_G * stride_rn,
-            stride_rm,
-            stride_rn,
-            y_ptr + g * COUT_G * stride_yn,
-            stride_ym,
-            stride_yn,
-            p0,
-            p1,
-            q0,
-            q1,
-            HAS_BIAS,
-            ACT,
-            HAS_RES,
-            POST_ACT,
-        )
+        bias_g = bias_ptr + g * COUT_G
+        res_g = res_ptr + g * COUT_G * stride_rn
+        y_g = y_ptr + g * COUT_G * stride_yn
+        epi = (bias_g, res_g, stride_rm, stride_rn, y_g, stride_ym, stride_yn, p0, p1, q0, q1)
+        epilogue_store(acc, offs_m, offs_n, M, COUT_G, epi, HAS_BIAS, ACT, HAS_RES, POST_ACT)
     else:  # split-K runs with groups == 1 only
         store_partial(acc, offs_m, offs_n, M, COUT, ws_ptr, pid_k)
 
 
 @triton.jit
 def depthwise_conv2d_kernel(
-    x_ptr,
-    w_ptr,
-    bias_ptr,
-    res_ptr,
-    y_ptr,
-    N,
-    H,
-    W,
-    P,
-    Q,
-    COUT,
-    stride_xn,
-    stride_xh,
-    stride_xw,
-    stride_xc,
-    stride_wo,
-    stride_wr,
-    stride_ws,
-    stride_rm,
-    stride_rn,
-    stride_ym,
-    stride_yn,
-    conv_stride_h,
-    conv_stride_w,
-    pad_h,
-    pad_w,
-    dil_h,
-    dil_w,
-    p0,
-    p1,
-    q0,
-    q1,
-    R: tl.constexpr,
-    S: tl.constexpr,
-    MULT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    POST_ACT: tl.constexpr,
-):
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr,
+    N, H, W, P, Q, COUT,
+    stride_xn, stride_xh, stride_xw, stride_xc, stride_wo, stride_wr, stride_ws,
+    stride_rm, stride_rn, stride_ym, stride_yn,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    p0, p1, q0, q1,
+    R: tl.constexpr, S: tl.constexpr, MULT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, POST_ACT: tl.constexpr,
+):  # fmt: skip
     """Output channel co reads input channel co // MULT; fp32 FMAs over the R*S taps."""
     M = N * P * Q
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -279,72 +190,18 @@ def depthwise_conv2d_kernel(
                 w_ptr + offs_c * stride_wo + r * stride_wr + s * stride_ws, mask=c_ok, other=0.0
             )
             acc += xv * wv.to(tl.float32)[None, :]
-    epilogue_store(
-        acc,
-        offs_m,
-        offs_c,
-        M,
-        COUT,
-        bias_ptr,
-        res_ptr,
-        stride_rm,
-        stride_rn,
-        y_ptr,
-        stride_ym,
-        stride_yn,
-        p0,
-        p1,
-        q0,
-        q1,
-        HAS_BIAS,
-        ACT,
-        HAS_RES,
-        POST_ACT,
-    )
+    epi = (bias_ptr, res_ptr, stride_rm, stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1)
+    epilogue_store(acc, offs_m, offs_c, M, COUT, epi, HAS_BIAS, ACT, HAS_RES, POST_ACT)
 
 
 # ---------------------------------------------------------------------------------------
-# Configs. Implicit GEMM rows: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
-# Inductor found non-1x1 conv templates miscompiled at num_warps >= 8: 8 warps only for 1x1.
+# Configs: the tables CONV_SM90 / CONV_SM80 (implicit GEMM) and DEPTHWISE in
+# kernels/configs.py.
 
 CONV_META = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
 DW_META = ("BLOCK_M", "BLOCK_C")
 
-_SM90 = {
-    "large": [
-        (128, 128, 64, 8, 4, 4),
-        (128, 64, 64, 8, 4, 4),
-        (64, 128, 64, 8, 4, 4),
-        (128, 128, 32, 8, 4, 4),
-        (64, 64, 64, 8, 4, 4),
-    ],
-    "small": [
-        (64, 64, 64, 8, 4, 4),
-        (64, 128, 64, 8, 4, 4),
-        (64, 32, 64, 8, 4, 4),
-        (32, 64, 64, 8, 4, 4),
-    ],
-    "pointwise": [(128, 256, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8)],
-}
-_SM80 = {
-    "large": [
-        (128, 128, 32, 8, 4, 4),
-        (128, 64, 32, 8, 4, 4),
-        (64, 128, 32, 8, 4, 4),
-        (64, 64, 64, 8, 4, 4),
-    ],
-    "small": [
-        (64, 64, 32, 8, 4, 4),
-        (32, 64, 64, 8, 4, 4),
-        (64, 32, 64, 8, 4, 4),
-    ],
-    "pointwise": [(128, 256, 32, 8, 3, 8), (256, 128, 32, 8, 3, 8)],
-}
 _INTERPRETER = [(32, 32, 16, 2, 1, 4)]
-
-# Depthwise rows: (BLOCK_M, BLOCK_C, num_stages, num_warps). Memory bound; wide C tiles give
-# 16-byte loads along NHWC channels.
-_DW = [(32, 64, 1, 4), (64, 64, 1, 4), (16, 128, 1, 4), (64, 32, 1, 4), (128, 64, 1, 8)]
 _DW_INTERPRETER = [(16, 32, 1, 4)]
 
 
@@ -357,7 +214,7 @@ def get_configs(
     """
     if arch == "interpreter":
         return make_configs(_INTERPRETER, CONV_META)
-    table = _SM90 if int(arch) >= 90 else _SM80
+    table = CONV_SM90 if int(arch) >= 90 else CONV_SM80
     rows: list[tuple[int, ...]]
     if m is None:
         rows = [*table["large"], *table["small"]]
@@ -366,23 +223,24 @@ def get_configs(
     if pointwise and (m is None or m > 1024):
         rows += table["pointwise"]
     if elem_bytes > 2:
-        rows = [(bm, bn, max(16, bk * 2 // elem_bytes), *rest) for bm, bn, bk, *rest in rows]
+        rows = scale_block_k(rows, elem_bytes)
     return dedupe(make_configs(rows, CONV_META))
 
 
 def get_depthwise_configs(arch: Arch) -> list[triton.Config]:
-    rows = _DW_INTERPRETER if arch == "interpreter" else _DW
+    rows = _DW_INTERPRETER if arch == "interpreter" else DEPTHWISE
     return make_configs(rows, DW_META)
 
 
 def _fitted_configs(
     arch: Arch, m: int, pointwise: bool, elem: int, smem: int
 ) -> list[triton.Config]:
-    """The autotuning set of one M bucket: get_configs, less those over the shared memory."""
+    """The autotuning set of one M bucket: get_configs, less those over the shared memory
+    (the smallest when none fits, as for the GEMMs)."""
     configs = get_configs(arch, m, pointwise=pointwise, elem_bytes=elem)
-    if arch != "interpreter":
-        configs = [cf for cf in configs if smem_estimate(cf, elem, elem) <= smem] or configs[-1:]
-    return configs
+    if arch == "interpreter":
+        return configs
+    return fit_smem(configs, smem, elem, elem)
 
 
 CONV_TUNE_KEY = (
@@ -458,7 +316,7 @@ def pack_depthwise_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
 
 
-def _check_common(
+def _prepare(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -467,8 +325,14 @@ def _check_common(
     padding: int | Sequence[int],
     dilation: int | Sequence[int],
     groups: int,
-    out_dtype: torch.dtype | None,
-) -> tuple:
+    epilogue: dict[str, Any],
+    depthwise: bool = False,
+) -> tuple[torch.device, tuple, dict[str, Any], FusedOutput]:
+    """Checks shared by both conv kernels, then (device, dims, kernel arguments, output).
+
+    dims: (n, c, h, w, cout, cin_g, r, s, p, q); the kernel arguments are the geometry both
+    kernels take (sizes, strides, padding, dilation); Y is channels-last.
+    """
     device = check_device({"x": x, "weight": weight, "bias": bias, "residual": residual})
     check_dtype("x", x, INPUT_DTYPES)
     if weight.dtype != x.dtype:
@@ -498,9 +362,9 @@ def _check_common(
     if p < 1 or q < 1:
         raise ValueError(f"the output would be {p}x{q}: kernel larger than the padded input")
     check_output_size(n * cout * p * q)
+    out_dtype, epi_spec = split_epilogue(epilogue, None)
     out_dtype = out_dtype or x.dtype
-    if out_dtype not in FLOAT_OUT:
-        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
+    check_out_dtype(out_dtype)
     if bias is not None:
         check_dtype("bias", bias, FLOAT_OUT)
         if bias.dim() != 1 or bias.shape[0] != cout or (cout > 1 and bias.stride(0) != 1):
@@ -513,7 +377,20 @@ def _check_common(
             )
         if not residual.is_contiguous(memory_format=torch.channels_last):
             raise ValueError("residual must be channels-last contiguous, like the output")
-    return device, (n, c, h, w, cout, cin_g, r, s, p, q), (sh, sw, dh, dw, pt, pl), out_dtype
+    if depthwise and cin_g != 1:
+        raise ValueError(f"depthwise conv needs groups == C, got weight {tuple(weight.shape)}")
+    epi = epilogue_args(**epi_spec)
+    y = torch.empty(
+        (n, cout, p, q), device=device, dtype=out_dtype, memory_format=torch.channels_last
+    )
+    r2 = _as_rows(residual) if residual is not None else None
+    out = FusedOutput(y, _as_rows(y), r2, bias, epi)
+    x_st, w_st = x.stride(), weight.stride()
+    args = dict(x_ptr=x, w_ptr=weight, N=n, H=h, W=w, P=p, Q=q, COUT=cout, R=r, S=s)
+    args.update(stride_xn=x_st[0], stride_xh=x_st[2], stride_xw=x_st[3], stride_xc=x_st[1])
+    args.update(stride_wo=w_st[0], stride_wr=w_st[2], stride_ws=w_st[3])
+    args.update(conv_stride_h=sh, conv_stride_w=sw, pad_h=pt, pad_w=pl, dil_h=dh, dil_w=dw)
+    return device, (n, c, h, w, cout, cin_g, r, s, p, q), args, out
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -532,20 +409,17 @@ def conv2d(
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
     split_k: int | None = None,
     config: triton.Config | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """Y = post_activation(activation(conv2d(x, weight) + bias) + residual), channels-last out.
 
     x: (N, C, H, W) fp16/bf16/fp32 in channels-last memory; weight (C_out, C/groups, R, S)
     in any layout (channels-last, i.e. (C_out, R, S, C/groups) memory, gives K-contiguous
     loads); padding: int, (h, w) or ONNX (top, left, bottom, right). Depthwise convs
-    (groups == C > 1, weight with one input channel) run `depthwise_conv2d`.
+    (groups == C > 1, weight with one input channel) run `depthwise_conv2d`. epilogue: the
+    `Epilogue` keywords (out_dtype fp16/bf16/fp32, default x's dtype).
     """
     if (
         x.dim() == 4
@@ -562,40 +436,25 @@ def conv2d(
             stride=stride,
             padding=padding,
             dilation=dilation,
-            activation=activation,
-            activation_params=activation_params,
-            post_activation=post_activation,
-            post_activation_params=post_activation_params,
-            out_dtype=out_dtype,
             config=config,
+            **epilogue,
         )
-    device, dims, conv, out_dtype = _check_common(
-        x, weight, bias, residual, stride, padding, dilation, groups, out_dtype
+    device, dims, args, out = _prepare(
+        x, weight, bias, residual, stride, padding, dilation, groups, epilogue
     )
     n, c, h, w, cout, cin_g, r, s, p, q = dims
-    sh, sw, dh, dw, pt, pl = conv
-    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
-    cout_g = cout // groups
     m = n * p * q
-    y = torch.empty(
-        (n, cout, p, q), device=device, dtype=out_dtype, memory_format=torch.channels_last
-    )
-    y2 = _as_rows(y)
-    r2 = _as_rows(residual) if residual is not None else None
-
     facts = device_facts(device)
     arch = facts.arch
     k_flat = cin_g < FLAT_BELOW or cin_g % 8 != 0
     elem = x.element_size()
     small = m <= 1024
     pointwise = r == 1 and s == 1
-    if config is not None:
-        configs: Sequence[triton.Config] = (config,)
-    else:
-        configs = memo_configs(
-            ("conv2d", arch, small, pointwise, elem, facts.smem),
-            lambda: _fitted_configs(arch, m, pointwise, elem, facts.smem),
-        )
+    configs = pinned_or_memo(
+        config,
+        ("conv2d", arch, small, pointwise, elem, facts.smem),
+        lambda: _fitted_configs(arch, m, pointwise, elem, facts.smem),
+    )
     if split_k is None:
         split_k = 1
         if groups == 1:
@@ -606,53 +465,25 @@ def conv2d(
             split_k = pick_split_k(tiles, k_iters, num_sms(device))
     if split_k < 1 or (split_k > 1 and groups > 1):
         raise ValueError(f"split_k={split_k}: must be >= 1, and 1 for grouped convs")
-    ws = torch.empty((split_k, m, cout), device=device, dtype=torch.float32) if split_k > 1 else y2
-    x_st, w_st = x.stride(), weight.stride()
-    args = epilogue_kernel_args(epi, bias, r2, y2, fused=split_k == 1)
+    if split_k > 1:
+        ws = torch.empty((split_k, m, cout), device=device, dtype=torch.float32)
+    else:
+        ws = out.y2d
+    args.update(out.kernel_args(fused=split_k == 1))
     args.update(
-        x_ptr=x,
-        w_ptr=weight,
         ws_ptr=ws,
-        N=n,
-        H=h,
-        W=w,
-        P=p,
-        Q=q,
-        COUT=cout,
         CIN_G=cin_g,
-        COUT_G=cout_g,
-        stride_xn=x_st[0],
-        stride_xh=x_st[2],
-        stride_xw=x_st[3],
-        stride_xc=x_st[1],
-        stride_wo=w_st[0],
-        stride_wc=w_st[1],
-        stride_wr=w_st[2],
-        stride_ws=w_st[3],
-        conv_stride_h=sh,
-        conv_stride_w=sw,
-        pad_h=pt,
-        pad_w=pl,
-        dil_h=dh,
-        dil_w=dw,
-        R=r,
-        S=s,
+        COUT_G=cout // groups,
+        stride_wc=weight.stride(1),
         SPLIT_K=split_k,
         K_FLAT=k_flat,
         DOT_MODE=1 if dot_upcast(x.dtype) else 0,
     )
-    launch(
-        conv2d_kernel,
-        _conv_grid,
-        args,
-        configs,
-        tuner_id=("conv2d", arch, small, pointwise, elem, config is None),
-        key=CONV_TUNE_KEY,
-        heuristics=_CONV_HEURISTICS,
-    )
+    tuner_id = ("conv2d", arch, small, pointwise, elem, config is None)
+    launch(conv2d_kernel, _conv_grid, args, configs, tuner_id, CONV_TUNE_KEY, _CONV_HEURISTICS)
     if split_k > 1:
-        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split_k)
-    return y
+        out.reduce(ws, split_k)
+    return out.y
 
 
 def depthwise_conv2d(
@@ -664,73 +495,25 @@ def depthwise_conv2d(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
     config: triton.Config | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """Depthwise conv (groups == C, C_out = C x multiplier) with the fused epilogue.
 
     weight: (C_out, 1, R, S), any layout; `pack_depthwise_weight` gives the fast one.
+    epilogue: as for `conv2d`.
     """
     groups = x.shape[1] if x.dim() == 4 else 1
-    device, dims, conv, out_dtype = _check_common(
-        x, weight, bias, residual, stride, padding, dilation, groups, out_dtype
+    device, dims, args, out = _prepare(
+        x, weight, bias, residual, stride, padding, dilation, groups, epilogue, depthwise=True
     )
-    n, c, h, w, cout, cin_g, r, s, p, q = dims
-    if cin_g != 1:
-        raise ValueError(f"depthwise conv needs groups == C, got weight {tuple(weight.shape)}")
-    sh, sw, dh, dw, pt, pl = conv
-    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
-    y = torch.empty(
-        (n, cout, p, q), device=device, dtype=out_dtype, memory_format=torch.channels_last
-    )
-    y2 = _as_rows(y)
-    r2 = _as_rows(residual) if residual is not None else None
+    c, cout = dims[1], dims[4]
     arch = device_facts(device).arch
-    if config is not None:
-        configs: Sequence[triton.Config] = (config,)
-    else:
-        configs = memo_configs(("depthwise", arch), lambda: get_depthwise_configs(arch))
-    x_st, w_st = x.stride(), weight.stride()
-    args = epilogue_kernel_args(epi, bias, r2, y2)
-    args.update(
-        x_ptr=x,
-        w_ptr=weight,
-        N=n,
-        H=h,
-        W=w,
-        P=p,
-        Q=q,
-        COUT=cout,
-        stride_xn=x_st[0],
-        stride_xh=x_st[2],
-        stride_xw=x_st[3],
-        stride_xc=x_st[1],
-        stride_wo=w_st[0],
-        stride_wr=w_st[2],
-        stride_ws=w_st[3],
-        conv_stride_h=sh,
-        conv_stride_w=sw,
-        pad_h=pt,
-        pad_w=pl,
-        dil_h=dh,
-        dil_w=dw,
-        R=r,
-        S=s,
-        MULT=cout // c,
-    )
-    launch(
-        depthwise_conv2d_kernel,
-        _depthwise_grid,
-        args,
-        configs,
-        tuner_id=("depthwise", arch, config is None),
-        key=DW_TUNE_KEY,
-    )
-    return y
+    configs = pinned_or_memo(config, ("depthwise", arch), lambda: get_depthwise_configs(arch))
+    args.update(out.kernel_args(), MULT=cout // c)
+    tuner_id = ("depthwise", arch, config is None)
+    launch(depthwise_conv2d_kernel, _depthwise_grid, args, configs, tuner_id, DW_TUNE_KEY)
+    return out.y
 
 
 def conv2d_reference(
@@ -743,11 +526,7 @@ def conv2d_reference(
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """torch reference of `conv2d` (and `depthwise_conv2d`): fp32 conv and epilogue."""
     pt, pl, pb, pr = _pads(padding)
@@ -755,15 +534,5 @@ def conv2d_reference(
     acc = F.conv2d(
         xf, weight.float(), None, _pair(stride, "stride"), 0, _pair(dilation, "dilation"), groups
     )
-    y = epilogue_reference(
-        acc,
-        bias,
-        residual,
-        activation,
-        activation_params,
-        post_activation,
-        post_activation_params,
-        out_dtype or x.dtype,
-        bias_dim=1,
-    )
+    y = epilogue_reference(acc, bias, residual, x.dtype, bias_dim=1, **epilogue)
     return y.contiguous(memory_format=torch.channels_last)

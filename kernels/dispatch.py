@@ -279,12 +279,7 @@ def cuda_timer(
 
 
 def wall_timer(
-    fn: Callable[[], Any],
-    *,
-    candidate: str = "",
-    layer: str = "",
-    warmup: int = 1,
-    reps: int = 5,
+    fn: Callable[[], Any], *, candidate: str = "", layer: str = "", warmup: int = 1, reps: int = 5
 ) -> float:
     """Median wall-clock milliseconds per call of `fn` (CPU: synchronous calls)."""
     for _ in range(warmup):

@@ -13,37 +13,35 @@ memory-bound small-M GEMM (batch 1) reads a quarter of an fp16 weight. Small M s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from lepton_compile.kernels._common import (
-    GEMM_META,
     Arch,
+    FusedOutput,
     cdiv,
     check_device,
     check_dtype,
-    check_epilogue_inputs,
-    check_output_size,
-    dedupe,
+    check_out_dtype,
     device_facts,
     dot_upcast,
-    epilogue_args,
-    epilogue_kernel_args,
     epilogue_reference,
+    even_k,
     gemm_bucket,
-    gemm_grid,
-    gemm_split_k,
-    grouped_tile,
-    launch,
-    launched_split,
-    make_configs,
-    memo_configs,
-    run_splitk_epilogue,
+    gemm_program,
+    gemm_rows,
+    launch_gemm,
+    new_output,
+    pinned_or_memo,
+    split_epilogue,
+    splitk_range,
     store_tile,
+    table_configs,
 )
+from lepton_compile.kernels.configs import INT4_SM80, INT4_SM90
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 DEFAULT_ZERO = 8  # MatMulNBits without zero points: 2 ** (bits - 1)
@@ -51,62 +49,26 @@ DEFAULT_ZERO = 8  # MatMulNBits without zero points: 2 ** (bits - 1)
 
 @triton.jit
 def int4_gemm_kernel(
-    a_ptr,
-    b_ptr,
-    scale_ptr,
-    zero_ptr,
-    bias_ptr,
-    res_ptr,
-    y_ptr,
-    ws_ptr,
-    M,
-    N,
-    K,
-    stride_am,
-    stride_ak,
-    stride_bn,
-    stride_sn,
-    stride_rm,
-    stride_rn,
-    stride_ym,
-    stride_yn,
-    p0,
-    p1,
-    q0,
-    q1,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    QBLOCK: tl.constexpr,
-    HAS_ZERO: tl.constexpr,
-    ONE_GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    POST_ACT: tl.constexpr,
+    a_ptr, b_ptr, scale_ptr, zero_ptr,
+    bias_ptr, res_ptr, y_ptr, ws_ptr,
+    M, N, K, stride_am, stride_ak, stride_bn, stride_sn,
+    stride_rm, stride_rn, stride_ym, stride_yn, p0, p1, q0, q1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    QBLOCK: tl.constexpr, HAS_ZERO: tl.constexpr, ONE_GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, POST_ACT: tl.constexpr,
     DOT_MODE: tl.constexpr,
-):
+):  # fmt: skip
     """ONE_GROUP: a K-tile lies inside one quantization block (one scale per column).
 
     DOT_MODE 1 (interpreter bf16 only): operands upcast to fp32 before tl.dot.
     """
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
+    pid_m, pid_n, pid_k = gemm_program(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     # Rows/columns past M/N wrap around (the store masks them): unmasked loads along M, N.
     offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
     offs_bn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
     offs_k = tl.arange(0, BLOCK_K)
-    k_iters = tl.cdiv(K, BLOCK_K)
-    if SPLIT_K == 1:
-        it_lo = 0
-        it_hi = k_iters
-    else:
-        per_split = tl.cdiv(k_iters, SPLIT_K)
-        it_lo = pid_k * per_split
-        it_hi = tl.minimum(it_lo + per_split, k_iters)
+    it_lo, it_hi = splitk_range(tl.cdiv(K, BLOCK_K), pid_k, SPLIT_K)
     n_groups = tl.cdiv(K, QBLOCK)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for it in range(it_lo, it_hi):
@@ -148,86 +110,34 @@ def int4_gemm_kernel(
             acc = tl.dot(a, w.to(a_ptr.dtype.element_ty), acc)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    epi = (bias_ptr, res_ptr, stride_rm, stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1)
     store_tile(
-        acc,
-        offs_m,
-        offs_n,
-        M,
-        N,
-        bias_ptr,
-        res_ptr,
-        stride_rm,
-        stride_rn,
-        y_ptr,
-        stride_ym,
-        stride_yn,
-        ws_ptr,
-        pid_k,
-        p0,
-        p1,
-        q0,
-        q1,
-        SPLIT_K,
-        HAS_BIAS,
-        ACT,
-        HAS_RES,
-        POST_ACT,
+        acc, offs_m, offs_n, M, N, epi, ws_ptr, pid_k, SPLIT_K, HAS_BIAS, ACT, HAS_RES, POST_ACT
     )
 
 
 # ---------------------------------------------------------------------------------------
-# Configs: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps), 16-bit A.
-# BLOCK_K <= 32 keeps a K-tile inside one 32-wide quantization block (one scale per column,
-# loaded once per tile); small M is memory bound on B, wide N tiles stream more bytes per
-# program and split-K fills the machine.
+# Configs: the tables INT4_SM90 / INT4_SM80 in kernels/configs.py (16-bit A).
 
-_SM90 = {
-    "large": [
-        (128, 128, 32, 8, 4, 8),
-        (128, 64, 32, 8, 4, 4),
-        (64, 128, 32, 8, 4, 4),
-        (128, 256, 32, 8, 3, 8),
-    ],
-    "m512": [(128, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4), (64, 64, 32, 8, 5, 4)],
-    "m128": [(64, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4), (32, 128, 32, 8, 4, 4)],
-    "m32": [
-        (16, 128, 32, 1, 4, 4),
-        (16, 256, 32, 1, 4, 4),
-        (32, 64, 32, 1, 5, 4),
-        (16, 64, 64, 1, 4, 4),
-    ],
-}
-_SM80 = {
-    "large": [(128, 128, 32, 8, 3, 8), (128, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4)],
-    "m512": [(128, 64, 32, 8, 4, 4), (64, 64, 32, 8, 4, 4)],
-    "m128": [(64, 64, 32, 8, 4, 4), (32, 128, 32, 8, 4, 4)],
-    "m32": [(16, 128, 32, 1, 4, 4), (16, 64, 32, 1, 4, 4), (32, 64, 32, 1, 4, 4)],
-}
 _INTERPRETER = [(32, 32, 32, 2, 1, 4)]
-BUCKETS = ("m32", "m128", "m512", "large")
+
+
+def _fewer_stages(rows: list[tuple]) -> list[tuple]:
+    # fp32 A: fewer stages keep the A tiles in shared memory.
+    return [(bm, bn, bk, g, min(st, 3), w) for bm, bn, bk, g, st, w in rows]
 
 
 def get_configs(arch: Arch, m: int | None = None, elem_bytes: int = 2) -> list[triton.Config]:
     """Configs for `arch` (90, 80, ... or "interpreter") and M; m=None: every bucket."""
-    if arch == "interpreter":
-        return make_configs(_INTERPRETER, GEMM_META)
-    table = _SM90 if int(arch) >= 90 else _SM80
-    buckets = BUCKETS if m is None else (gemm_bucket(m),)
-    rows = [row for b in buckets for row in table[b]]
-    if elem_bytes > 2:  # fp32 A: fewer stages keep the A tiles in shared memory
-        rows = [(bm, bn, bk, g, min(st, 3), w) for bm, bn, bk, g, st, w in rows]
-    return dedupe(make_configs(rows, GEMM_META))
-
-
-def _even_k(meta: dict) -> bool:
-    return meta["K"] % meta["BLOCK_K"] == 0
+    adjust = _fewer_stages if elem_bytes > 2 else None
+    return table_configs(arch, m, INT4_SM90, INT4_SM80, _INTERPRETER, adjust)
 
 
 def _one_group(meta: dict) -> bool:
     return meta["QBLOCK"] % meta["BLOCK_K"] == 0
 
 
-_HEURISTICS = {"EVEN_K": _even_k, "ONE_GROUP": _one_group}
+_HEURISTICS = {"EVEN_K": even_k, "ONE_GROUP": _one_group}
 _TUNE_KEY = ("M", "N", "K", "QBLOCK", "HAS_ZERO", "stride_ak")
 
 
@@ -266,18 +176,15 @@ def int4_gemm(
     residual: torch.Tensor | None = None,
     *,
     block_size: int = 32,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
     split_k: int | None = None,
     config: triton.Config | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """Y = post_activation(activation(a @ dequantize(b)^T + bias) + residual).
 
     a: (..., K) fp16/bf16/fp32; b: (N, K_pad / 2) uint8, MatMulNBits' packing; scales and
     zeros (optional, default 8): (N, n_blocks) floats; bias (N,); residual Y's shape.
+    epilogue: the `Epilogue` keywords (out_dtype fp16/bf16/fp32, default a's dtype).
     """
     device = check_device(
         {"a": a, "b": b, "scales": scales, "zeros": zeros, "bias": bias, "residual": residual}
@@ -287,65 +194,29 @@ def int4_gemm(
         raise ValueError("a must have at least one dimension")
     k = a.shape[-1]
     n, _ = check_packed(b, scales, zeros, k, block_size)
+    out_dtype, spec = split_epilogue(epilogue, None)
     out_dtype = out_dtype or a.dtype
-    if out_dtype not in INPUT_DTYPES:
-        raise ValueError(f"out_dtype {out_dtype} is not one of float16, bfloat16, float32")
-    out_shape = (*a.shape[:-1], n)
-    check_epilogue_inputs(bias, residual, n, out_shape)
-    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
-    a2 = a if a.dim() == 2 else a.reshape(-1, k)
+    check_out_dtype(out_dtype)
+    a2, out_shape, epi = gemm_rows(a, n, bias, residual, spec)
     m = a2.shape[0]
-    check_output_size(m * n)
-    y = torch.empty(out_shape, device=device, dtype=out_dtype)
-    if m == 0 or n == 0:
-        return y
-    y2 = y if y.dim() == 2 else y.view(m, n)
-    r2 = None
-    if residual is not None:
-        r2 = residual if residual.dim() == 2 else residual.reshape(m, n)
-
-    facts = device_facts(device)
-    arch = facts.arch
+    out = FusedOutput.of_matrix(new_output(out_shape, out_dtype, device), bias, residual, epi)
+    if out.y.numel() == 0:
+        return out.y
+    arch = device_facts(device).arch
     elem = a.element_size()
     bucket = gemm_bucket(m)
-    if config is not None:
-        configs: Sequence[triton.Config] = (config,)
-    else:
-        configs = memo_configs(
-            ("int4", arch, bucket, elem), lambda: get_configs(arch, m, elem_bytes=elem)
-        )
-    rule, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
-    args = epilogue_kernel_args(epi, bias, r2, y2)
-    args.update(
-        a_ptr=a2,
-        b_ptr=b,
-        scale_ptr=scales,
-        zero_ptr=zeros if zeros is not None else scales,
-        ws_ptr=ws,
-        M=m,
-        N=n,
-        K=k,
-        stride_am=a2.stride(0),
-        stride_ak=a2.stride(1),
-        stride_bn=b.stride(0),
-        stride_sn=scales.stride(0),
-        QBLOCK=block_size,
-        HAS_ZERO=zeros is not None,
-        DOT_MODE=1 if dot_upcast(a.dtype) else 0,
+    configs = pinned_or_memo(
+        config, ("int4", arch, bucket, elem), lambda: get_configs(arch, m, elem_bytes=elem)
     )
-    cfg = launch(
-        int4_gemm_kernel,
-        gemm_grid,
-        args,
-        configs,
-        tuner_id=("int4", arch, bucket, elem, config is None, rule.key),
-        key=_TUNE_KEY,
-        heuristics={**_HEURISTICS, "SPLIT_K": rule},
-    )
-    split = launched_split(rule, args, cfg)
-    if split > 1:
-        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split)
-    return y
+    zero_ptr = zeros if zeros is not None else scales
+    args = dict(a_ptr=a2, b_ptr=b, scale_ptr=scales, zero_ptr=zero_ptr, M=m, N=n, K=k)
+    args.update(stride_am=a2.stride(0), stride_ak=a2.stride(1))
+    args.update(stride_bn=b.stride(0), stride_sn=scales.stride(0))
+    args.update(QBLOCK=block_size, HAS_ZERO=zeros is not None)
+    args.update(DOT_MODE=1 if dot_upcast(a.dtype) else 0)
+    tuner_id = ("int4", arch, bucket, elem, config is None)
+    launch_gemm(int4_gemm_kernel, args, configs, out, split_k, tuner_id, _TUNE_KEY, _HEURISTICS)
+    return out.y
 
 
 # ---------------------------------------------------------------------------------------
@@ -422,23 +293,8 @@ def int4_gemm_reference(
     residual: torch.Tensor | None = None,
     *,
     block_size: int = 32,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """torch reference of `int4_gemm`: fp32 dequantized weight, fp32 matmul and epilogue."""
-    k = a.shape[-1]
-    w = dequantize_int4(b, scales, zeros, k, block_size)
-    acc = a.float() @ w.t()
-    return epilogue_reference(
-        acc,
-        bias,
-        residual,
-        activation,
-        activation_params,
-        post_activation,
-        post_activation_params,
-        out_dtype or a.dtype,
-    )
+    w = dequantize_int4(b, scales, zeros, a.shape[-1], block_size)
+    return epilogue_reference(a.float() @ w.t(), bias, residual, a.dtype, **epilogue)

@@ -11,38 +11,32 @@ The design follows vLLM's `triton_scaled_mm`; split-K partials are scaled before
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from lepton_compile.kernels._common import (
-    GEMM_META,
-    GEMM_TUNE_KEY,
     Arch,
+    FusedOutput,
     apply_scales,
     check_device,
     check_gemm_inputs,
-    check_output_size,
-    dedupe,
     device_facts,
-    epilogue_kernel_args,
     epilogue_reference,
-    even_k,
     fit_smem,
     gemm_bucket,
-    gemm_grid,
-    gemm_mainloop,
-    gemm_split_k,
-    grouped_tile,
-    launch,
-    launched_split,
-    make_configs,
-    memo_configs,
-    run_splitk_epilogue,
+    gemm_strides,
+    gemm_tile,
+    launch_gemm,
+    new_output,
+    pinned_or_memo,
+    split_epilogue,
     store_tile,
+    table_configs,
 )
+from lepton_compile.kernels.configs import SCALED_SM80, SCALED_SM90
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -51,182 +45,36 @@ INT8_MAX = 127
 
 @triton.jit
 def scaled_gemm_kernel(
-    a_ptr,
-    b_ptr,
-    a_scale_ptr,
-    b_scale_ptr,
-    bias_ptr,
-    res_ptr,
-    y_ptr,
-    ws_ptr,
-    M,
-    N,
-    K,
-    stride_am,
-    stride_ak,
-    stride_bk,
-    stride_bn,
-    stride_rm,
-    stride_rn,
-    stride_ym,
-    stride_yn,
-    p0,
-    p1,
-    q0,
-    q1,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    A_PER_ROW: tl.constexpr,
-    B_PER_COL: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    POST_ACT: tl.constexpr,
-    ACC_TYPE: tl.constexpr,
-    DOT_MODE: tl.constexpr,
-):
+    a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, res_ptr, y_ptr, ws_ptr,
+    M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+    stride_rm, stride_rn, stride_ym, stride_yn, p0, p1, q0, q1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, A_PER_ROW: tl.constexpr, B_PER_COL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, POST_ACT: tl.constexpr,
+    ACC_TYPE: tl.constexpr, DOT_MODE: tl.constexpr,
+):  # fmt: skip
     """ACC_TYPE int32 for int8 inputs, float32 for fp8 (DOT_MODE 2: promoted every BLOCK_K)."""
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
-    acc = gemm_mainloop(
-        a_ptr,
-        b_ptr,
-        M,
-        N,
-        K,
-        stride_am,
-        stride_ak,
-        stride_bk,
-        stride_bn,
-        pid_m,
-        pid_n,
-        pid_k,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_K,
-        SPLIT_K,
-        EVEN_K,
-        ACC_TYPE,
-        DOT_MODE,
+    a = (a_ptr, stride_am, stride_ak)
+    b = (b_ptr, stride_bk, stride_bn)
+    acc, offs_m, offs_n, pid_k = gemm_tile(
+        a, b, M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, EVEN_K, ACC_TYPE, DOT_MODE
     )
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = apply_scales(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, A_PER_ROW, B_PER_COL)
+    epi = (bias_ptr, res_ptr, stride_rm, stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1)
     store_tile(
-        acc,
-        offs_m,
-        offs_n,
-        M,
-        N,
-        bias_ptr,
-        res_ptr,
-        stride_rm,
-        stride_rn,
-        y_ptr,
-        stride_ym,
-        stride_yn,
-        ws_ptr,
-        pid_k,
-        p0,
-        p1,
-        q0,
-        q1,
-        SPLIT_K,
-        HAS_BIAS,
-        ACT,
-        HAS_RES,
-        POST_ACT,
+        acc, offs_m, offs_n, M, N, epi, ws_ptr, pid_k, SPLIT_K, HAS_BIAS, ACT, HAS_RES, POST_ACT
     )
 
 
 # ---------------------------------------------------------------------------------------
-# Configs for 1-byte operands: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
-# BLOCK_K >= 32 (8-bit mma/wgmma K), 128 where it fits: a 128-byte row per stage.
-
-_SM90 = {
-    "large": [
-        (128, 256, 128, 8, 3, 8),
-        (256, 128, 128, 8, 3, 8),
-        (128, 128, 128, 8, 4, 8),
-        (128, 128, 128, 8, 4, 4),
-        (128, 64, 128, 8, 4, 4),
-        (64, 128, 128, 8, 4, 4),
-        (128, 128, 256, 8, 3, 8),  # BERT-class K of 768..3072: fewer, deeper K steps
-    ],
-    "m512": [
-        (128, 128, 128, 8, 4, 8),
-        (128, 64, 128, 8, 4, 4),
-        (64, 128, 128, 8, 4, 4),
-        (64, 64, 128, 8, 5, 4),
-    ],
-    "m128": [
-        (64, 128, 128, 8, 4, 4),
-        (64, 64, 256, 8, 4, 4),
-        (64, 64, 128, 8, 5, 4),
-        (64, 256, 128, 8, 3, 8),
-        (32, 64, 256, 8, 4, 4),  # batch 1 of a BERT-class encoder: more, smaller tiles
-        (32, 128, 128, 8, 4, 4),
-    ],
-    "m32": [
-        (16, 64, 256, 1, 4, 4),
-        (32, 64, 256, 1, 4, 4),
-        (16, 128, 128, 1, 4, 4),
-        (32, 128, 128, 1, 4, 4),
-        (64, 64, 256, 1, 4, 4),
-    ],
-}
-
-_SM80 = {
-    "large": [
-        (128, 256, 64, 8, 3, 8),
-        (256, 128, 64, 8, 3, 8),
-        (128, 128, 64, 8, 4, 4),
-        (64, 128, 64, 8, 4, 4),
-        (128, 64, 64, 8, 4, 4),
-    ],
-    "m512": [
-        (128, 128, 64, 8, 4, 4),
-        (64, 128, 64, 8, 4, 4),
-        (128, 64, 64, 8, 4, 4),
-    ],
-    "m128": [
-        (64, 128, 64, 8, 4, 4),
-        (64, 64, 128, 8, 4, 4),
-        (32, 128, 128, 8, 4, 4),
-    ],
-    "m32": [
-        (16, 64, 128, 1, 4, 4),
-        (32, 64, 128, 1, 4, 4),
-        (16, 128, 128, 1, 4, 4),
-    ],
-}
+# Configs for 1-byte operands: the tables SCALED_SM90 / SCALED_SM80 in kernels/configs.py.
 
 _INTERPRETER = [(32, 32, 32, 2, 1, 4)]  # int8 K-block >= 32 holds in the real compiler too
-BUCKETS = ("m32", "m128", "m512", "large")
 
 
 def get_configs(arch: Arch, m: int | None = None) -> list[triton.Config]:
     """Autotune configs for 8-bit operands on `arch` (90, 89, 80, ... or "interpreter")."""
-    if arch == "interpreter":
-        return make_configs(_INTERPRETER, GEMM_META)
-    table = _SM90 if int(arch) >= 90 else _SM80
-    buckets = BUCKETS if m is None else (gemm_bucket(m),)
-    return dedupe(make_configs([row for b in buckets for row in table[b]], GEMM_META))
-
-
-def _fitted_configs(arch: Arch, m: int, smem: int) -> list[triton.Config]:
-    """The autotuning set of one M bucket: get_configs, less those over the shared memory."""
-    configs = get_configs(arch, m)
-    if arch != "interpreter":
-        configs = fit_smem(configs, smem, 1, 1)
-    return configs
-
-
-_HEURISTICS = {"EVEN_K": even_k}
+    return table_configs(arch, m, SCALED_SM90, SCALED_SM80, _INTERPRETER)
 
 
 def _scale_kind(name: str, scale: torch.Tensor, rows: int) -> bool:
@@ -250,12 +98,13 @@ def _scaled_gemm(
     b_scale: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
-    epi_spec: tuple,
-    out_dtype: torch.dtype,
     split_k: int | None,
     config: triton.Config | None,
     fast_accum: bool,
+    epilogue: dict[str, Any],
 ) -> torch.Tensor:
+    # fp16 output unless asked: the 8-bit inputs have no float type of their own.
+    out_dtype, epi_spec = split_epilogue(epilogue, torch.float16)
     in_dtype = torch.int8 if kind == "w8a8" else FP8_DTYPE
     device = check_device(
         {"a": a, "b": b, "a_scale": a_scale, "b_scale": b_scale, "bias": bias, "residual": residual}
@@ -271,57 +120,23 @@ def _scaled_gemm(
     if kind == "fp8" and arch != "interpreter" and int(arch) < 89:
         raise ValueError(f"fp8 GEMM needs compute capability 8.9 or newer, this GPU is sm{arch}")
 
-    check_output_size(m * n)
-    y = torch.empty(out_shape, device=device, dtype=out_dtype)
-    if m == 0 or n == 0:
-        return y
-    y2 = y if y.dim() == 2 else y.view(m, n)
-    r2 = None
-    if residual is not None:
-        r2 = residual if residual.dim() == 2 else residual.reshape(m, n)
+    out = FusedOutput.of_matrix(new_output(out_shape, out_dtype, device), bias, residual, epi)
+    if out.y.numel() == 0:
+        return out.y
+    smem = facts.smem
     bucket = gemm_bucket(m)
-    if config is not None:
-        configs: Sequence[triton.Config] = (config,)
-    else:
-        configs = memo_configs(
-            ("scaled_gemm", arch, bucket, 1, facts.smem),
-            lambda: _fitted_configs(arch, m, facts.smem),
-        )
-    rule, ws = gemm_split_k(split_k, configs, m, n, k, device, y2)
-    a_st, b_st = a2.stride(), b.stride()
-    args = epilogue_kernel_args(epi, bias, r2, y2)
-    args.update(
-        a_ptr=a2,
-        b_ptr=b,
-        a_scale_ptr=a_scale,
-        b_scale_ptr=b_scale,
-        ws_ptr=ws,
-        M=m,
-        N=n,
-        K=k,
-        stride_am=a_st[0],
-        stride_ak=a_st[1],
-        stride_bk=b_st[0],
-        stride_bn=b_st[1],
-        A_PER_ROW=a_per_row,
-        B_PER_COL=b_per_col,
-        ACC_TYPE=tl.int32 if kind == "w8a8" else tl.float32,
-        DOT_MODE=2 if kind == "fp8" and not fast_accum else 0,
+    configs = pinned_or_memo(
+        config,
+        ("scaled_gemm", arch, bucket, 1, smem),
+        lambda: fit_smem(get_configs(arch, m), smem, 1, 1),
     )
-
-    cfg = launch(
-        scaled_gemm_kernel,
-        gemm_grid,
-        args,
-        configs,
-        tuner_id=(kind, arch, bucket, fast_accum, config is None, rule.key),
-        key=GEMM_TUNE_KEY,
-        heuristics={**_HEURISTICS, "SPLIT_K": rule},
-    )
-    split = launched_split(rule, args, cfg)
-    if split > 1:
-        run_splitk_epilogue(ws, bias, residual, y2, r2, epi, split)
-    return y
+    args = dict(a_ptr=a2, b_ptr=b, a_scale_ptr=a_scale, b_scale_ptr=b_scale, M=m, N=n, K=k)
+    args.update(gemm_strides(a2, b), A_PER_ROW=a_per_row, B_PER_COL=b_per_col)
+    args.update(ACC_TYPE=tl.int32 if kind == "w8a8" else tl.float32)
+    args.update(DOT_MODE=2 if kind == "fp8" and not fast_accum else 0)
+    tuner_id = (kind, arch, bucket, fast_accum, config is None)
+    launch_gemm(scaled_gemm_kernel, args, configs, out, split_k, tuner_id)
+    return out.y
 
 
 def w8a8_gemm(
@@ -332,22 +147,18 @@ def w8a8_gemm(
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     *,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype = torch.float16,
     split_k: int | None = None,
     config: triton.Config | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """int8 a (..., K) @ int8 b (K, N), int32 accumulate, x a_scale x b_scale, then the epilogue.
 
     a_scale: float32, one per row of a (per token) or one; b_scale: float32, one per column
     of b (per output channel) or one. bias (N,) and residual (Y's shape): fp16/bf16/fp32.
+    epilogue: the `Epilogue` keywords (out_dtype fp16/bf16/fp32, default fp16).
     """
-    spec = (activation, activation_params, post_activation, post_activation_params)
     return _scaled_gemm(
-        "w8a8", a, b, a_scale, b_scale, bias, residual, spec, out_dtype, split_k, config, False
+        "w8a8", a, b, a_scale, b_scale, bias, residual, split_k, config, False, epilogue
     )
 
 
@@ -359,23 +170,19 @@ def fp8_gemm(
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     *,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype = torch.float16,
     fast_accum: bool = False,
     split_k: int | None = None,
     config: triton.Config | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """float8_e4m3fn a (..., K) @ b (K, N), fp32 accumulate, scaled, then the epilogue (sm89+).
 
     fast_accum=True lets Hopper's fp8 wgmma accumulate the whole K in its reduced-precision
     accumulator (cuBLAS's FAST_ACCUM); the default promotes to fp32 after every BLOCK_K.
+    epilogue: as for w8a8_gemm.
     """
-    spec = (activation, activation_params, post_activation, post_activation_params)
     return _scaled_gemm(
-        "fp8", a, b, a_scale, b_scale, bias, residual, spec, out_dtype, split_k, config, fast_accum
+        "fp8", a, b, a_scale, b_scale, bias, residual, split_k, config, fast_accum, epilogue
     )
 
 
@@ -411,26 +218,12 @@ def scaled_gemm_reference(
     b_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-    *,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype = torch.float16,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """torch reference of w8a8_gemm / fp8_gemm: exact float64 product, scales, fp32 epilogue."""
     k = a.shape[-1]
-    a2 = a.reshape(-1, k)
-    acc = a2.to(torch.float64) @ b.to(torch.float64)
+    acc = a.reshape(-1, k).to(torch.float64) @ b.to(torch.float64)
     acc = acc * a_scale.reshape(-1, 1).double() * b_scale.reshape(1, -1).double()
-    y = epilogue_reference(
-        acc.float(),
-        bias,
-        residual.reshape(acc.shape) if residual is not None else None,
-        activation,
-        activation_params,
-        post_activation,
-        post_activation_params,
-        out_dtype,
-    )
+    res = residual.reshape(acc.shape) if residual is not None else None
+    y = epilogue_reference(acc.float(), bias, res, torch.float16, **epilogue)
     return y.reshape(*a.shape[:-1], b.shape[1])

@@ -13,7 +13,7 @@ with the current wgmma. A is (M, K) row-major; B is (K, N) row-major or, K-major
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
@@ -22,24 +22,25 @@ import triton.language as tl
 from lepton_compile.kernels._common import (
     GEMM_META,
     Arch,
+    FusedOutput,
     cdiv,
     check_device,
     check_dtype,
-    check_epilogue_inputs,
-    check_output_size,
     device_facts,
     dot_upcast,
-    epilogue_args,
-    epilogue_kernel_args,
-    epilogue_reference,
     epilogue_store,
     fit_smem,
+    gemm_rows,
     grouped_tile,
     launch,
     make_configs,
-    memo_configs,
+    new_output,
     num_sms,
+    pinned_or_memo,
+    split_epilogue,
 )
+from lepton_compile.kernels.configs import TMA_SM90
+from lepton_compile.kernels.gemm import gemm_reference
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16)
 TMA_ALIGN = 16  # bytes: TMA wants 16-byte aligned bases and row strides
@@ -47,40 +48,20 @@ TMA_ALIGN = 16  # bytes: TMA wants 16-byte aligned bases and row strides
 
 @triton.jit
 def gemm_tma_kernel(
-    a_desc,
-    b_desc,
-    bias_ptr,
-    res_ptr,
-    y_ptr,
-    M,
-    N,
-    K,
-    stride_rm,
-    stride_rn,
-    stride_ym,
-    stride_yn,
-    p0,
-    p1,
-    q0,
-    q1,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    NUM_SMS: tl.constexpr,
-    B_KMAJOR: tl.constexpr,
-    DOT_MODE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    POST_ACT: tl.constexpr,
-):
+    a_desc, b_desc, bias_ptr, res_ptr, y_ptr,
+    M, N, K,
+    stride_rm, stride_rn, stride_ym, stride_yn, p0, p1, q0, q1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    NUM_SMS: tl.constexpr, B_KMAJOR: tl.constexpr, DOT_MODE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, POST_ACT: tl.constexpr,
+):  # fmt: skip
     """B_KMAJOR: b_desc covers the (N, K) weight (tiles transposed in registers).
 
     DOT_MODE 1 (interpreter bf16 only): tiles upcast to fp32 before tl.dot.
     """
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
+    epi = (bias_ptr, res_ptr, stride_rm, stride_rn, y_ptr, stride_ym, stride_yn, p0, p1, q0, q1)
     for tile in range(tl.program_id(0), num_tiles, NUM_SMS):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M
@@ -99,40 +80,12 @@ def gemm_tma_kernel(
                 acc = tl.dot(a, b, acc)
         offs_m = off_m + tl.arange(0, BLOCK_M)
         offs_n = off_n + tl.arange(0, BLOCK_N)
-        epilogue_store(
-            acc,
-            offs_m,
-            offs_n,
-            M,
-            N,
-            bias_ptr,
-            res_ptr,
-            stride_rm,
-            stride_rn,
-            y_ptr,
-            stride_ym,
-            stride_yn,
-            p0,
-            p1,
-            q0,
-            q1,
-            HAS_BIAS,
-            ACT,
-            HAS_RES,
-            POST_ACT,
-        )
+        epilogue_store(acc, offs_m, offs_n, M, N, epi, HAS_BIAS, ACT, HAS_RES, POST_ACT)
 
 
 # ---------------------------------------------------------------------------------------
-# Configs (sm90 only): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps).
+# Configs (sm90 only): the table TMA_SM90 in kernels/configs.py.
 
-_SM90 = [
-    (128, 256, 64, 8, 3, 8),
-    (128, 128, 64, 8, 4, 8),
-    (128, 128, 64, 8, 4, 4),
-    (128, 64, 64, 8, 4, 4),
-    (64, 128, 64, 8, 4, 4),
-]
 _INTERPRETER = [(32, 32, 32, 2, 1, 4)]
 
 
@@ -151,7 +104,7 @@ def get_configs(arch: Arch) -> list[triton.Config]:
     elif int(arch) < 90:
         raise ValueError(f"the TMA GEMM needs sm90 or newer, got sm{arch}")
     else:
-        rows = _SM90
+        rows = TMA_SM90
     return [
         triton.Config(
             c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=set_tma_blocks
@@ -188,17 +141,14 @@ def gemm_tma(
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     *,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
     config: triton.Config | None = None,
+    **epilogue: Any,
 ) -> torch.Tensor:
     """Y = post_activation(activation(a @ b + bias) + residual) on Hopper's TMA path.
 
     a: (..., K) fp16/bf16, contiguous along K; b: (K, N) row-major, or the (N, K) weight
-    passed as `w.t()`; `supported(a, b)` says whether a pair qualifies.
+    passed as `w.t()`; `supported(a, b)` says whether a pair qualifies. epilogue: the
+    `Epilogue` keywords, as for `gemm`.
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -208,33 +158,18 @@ def gemm_tma(
     if reason is not None:
         raise ValueError(f"gemm_tma: {reason}")
     k, n = b.shape
+    out_dtype, spec = split_epilogue(epilogue, None)
     out_dtype = out_dtype or a.dtype
-    out_shape = (*a.shape[:-1], n)
-    check_epilogue_inputs(bias, residual, n, out_shape)
-    epi = epilogue_args(activation, activation_params, post_activation, post_activation_params)
-    a2 = a.reshape(-1, k) if a.dim() != 2 else a
+    a2, out_shape, epi = gemm_rows(a, n, bias, residual, spec)
     m = a2.shape[0]
-    check_output_size(m * n)
-    y = torch.empty(out_shape, device=device, dtype=out_dtype)
-    if m == 0 or n == 0:
-        return y
-    y2 = y if y.dim() == 2 else y.view(m, n)
-    r2 = None
-    if residual is not None:
-        r2 = residual if residual.dim() == 2 else residual.reshape(m, n)
+    out = FusedOutput.of_matrix(new_output(out_shape, out_dtype, device), bias, residual, epi)
+    if out.y.numel() == 0:
+        return out.y
     facts = device_facts(device)
-    arch = facts.arch
-    if config is not None:
-        configs: Sequence[triton.Config] = (config,)
-    else:
-        configs = memo_configs(
-            ("gemm_tma", arch, facts.smem),
-            lambda: (
-                fit_smem(get_configs(arch), facts.smem, 2, 2)
-                if arch != "interpreter"
-                else get_configs(arch)
-            ),
-        )
+    arch, smem = facts.arch, facts.smem
+    configs = pinned_or_memo(
+        config, ("gemm_tma", arch, smem), lambda: fit_smem(get_configs(arch), smem, 2, 2)
+    )
     kmajor = b.stride(0) == 1 and b.shape[1] > 1
     sms = num_sms(device)
     b_mat = b.t() if kmajor else b  # the (N, K) weight itself when K-major
@@ -242,53 +177,18 @@ def gemm_tma(
     # Tile shapes are placeholders until a config's pre-hook sets them (set_tma_blocks).
     a_desc = TensorDescriptor.from_tensor(a2, [c0["BLOCK_M"], c0["BLOCK_K"]])
     b_desc = TensorDescriptor.from_tensor(b_mat, [c0["BLOCK_N"], c0["BLOCK_K"]])
-    args = epilogue_kernel_args(epi, bias, r2, y2)
-    args.update(
-        a_desc=a_desc,
-        b_desc=b_desc,
-        M=m,
-        N=n,
-        K=k,
-        NUM_SMS=sms,
-        B_KMAJOR=kmajor,
-        DOT_MODE=1 if dot_upcast(a.dtype) else 0,
-    )
+    args = out.kernel_args()
+    args.update(a_desc=a_desc, b_desc=b_desc, M=m, N=n, K=k, NUM_SMS=sms, B_KMAJOR=kmajor)
+    args.update(DOT_MODE=1 if dot_upcast(a.dtype) else 0)
 
     def grid(meta: dict) -> tuple:
         tiles = cdiv(meta["M"], meta["BLOCK_M"]) * cdiv(meta["N"], meta["BLOCK_N"])
         return (min(sms, tiles),)
 
-    launch(
-        gemm_tma_kernel,
-        grid,
-        args,
-        configs,
-        tuner_id=("gemm_tma", arch, kmajor, a.dtype, config is None),
-        key=("M", "N", "K"),
-    )
-    return y
+    tuner_id = ("gemm_tma", arch, kmajor, a.dtype, config is None)
+    launch(gemm_tma_kernel, grid, args, configs, tuner_id, key=("M", "N", "K"))
+    return out.y
 
 
-def gemm_tma_reference(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None,
-    *,
-    activation: str = "none",
-    activation_params: Sequence[float] = (),
-    post_activation: str = "none",
-    post_activation_params: Sequence[float] = (),
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """torch reference of `gemm_tma`: fp32 matmul and epilogue, cast at the end."""
-    return epilogue_reference(
-        a.float() @ b.float(),
-        bias,
-        residual,
-        activation,
-        activation_params,
-        post_activation,
-        post_activation_params,
-        out_dtype or a.dtype,
-    )
+# The same product and epilogue as gemm's.
+gemm_tma_reference = gemm_reference

@@ -122,7 +122,70 @@ def _wgmma_tile(cfg: triton.Config, arch: int) -> bool:
     return arch >= 90 and cfg.kwargs["BLOCK_M"] >= 64 and cfg.num_warps % 4 == 0
 
 
-_GEMM_ALIGNED = ("M", "N", "K", "stride_am", "stride_bk", "stride_bn", "stride_rm", "stride_ym")
+@dataclasses.dataclass(frozen=True)
+class _Kernel:
+    """What the specs of one kernel share: the typical launch's pointer dtypes (None: the
+    spec's input dtype), unit strides, integers divisible by 16, constexprs besides the
+    config's."""
+
+    fn: Any
+    family: str
+    ptrs: dict[str, torch.dtype | None]
+    ones: tuple[str, ...]
+    aligned: tuple[str, ...]
+    consts: dict[str, Any]
+
+    def spec(
+        self,
+        label: str,
+        cfg: triton.Config,
+        dtype: torch.dtype,
+        wgmma: bool = False,
+        *,
+        ones: tuple[str, ...] | None = None,
+        aligned: tuple[str, ...] | None = None,
+        descriptors: dict[str, str] | None = None,
+        **consts: Any,
+    ) -> CompileSpec:
+        """The spec "<label> <config>" of `cfg` with `dtype` inputs; `consts` (constexprs),
+        `ones` and `aligned` (argument names) replace the kernel's typical ones."""
+        return _spec(
+            f"{label} {_cfg_label(cfg)}",
+            self.fn,
+            {name: d or dtype for name, d in self.ptrs.items()},
+            {**cfg.kwargs, **self.consts, **consts},
+            self.ones if ones is None else ones,
+            self.aligned if aligned is None else aligned,
+            cfg.num_warps,
+            cfg.num_stages,
+            self.family,
+            wgmma_expected=wgmma,
+            descriptors=descriptors,
+        )
+
+
+_F32 = torch.float32
+
+
+def _ptrs(*names: str, **fixed: torch.dtype) -> dict[str, torch.dtype | None]:
+    """Pointer arguments: `names` of the spec's input dtype (None), `fixed` of their own."""
+    return {**dict.fromkeys(names), **fixed}
+
+
+# A row-major, B (K, N) row-major; the K-major variant is B as an nn.Linear weight (N, K).
+_GEMM = _Kernel(
+    gemm.gemm_kernel,
+    "gemm",
+    _ptrs("a_ptr", "b_ptr", "bias_ptr", "res_ptr", "y_ptr", ws_ptr=_F32),
+    ("stride_ak", "stride_bn", "stride_rn", "stride_yn"),
+    ("M", "N", "K", "stride_am", "stride_bk", "stride_bn", "stride_rm", "stride_ym"),
+    {**_EPILOGUE, "SPLIT_K": 1, "EVEN_K": True, "DOT_MODE": 0},
+)
+_K_MAJOR: dict[str, Any] = {
+    "ones": ("stride_ak", "stride_bk", "stride_rn", "stride_yn"),
+    "aligned": ("M", "N", "K", "stride_am", "stride_bn", "stride_rm", "stride_ym"),
+}
+_NO_EPILOGUE = {"HAS_BIAS": False, "ACT": 0, "HAS_RES": False, "POST_ACT": 0}
 
 
 def gemm_specs(arch: int = 90) -> list[CompileSpec]:
@@ -130,72 +193,17 @@ def gemm_specs(arch: int = 90) -> list[CompileSpec]:
     specs = []
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for cfg in gemm.get_configs(arch, None, dtype.itemsize):
-            consts = {
-                **cfg.kwargs,
-                **_EPILOGUE,
-                "SPLIT_K": 1,
-                "EVEN_K": True,
-                "DOT_MODE": 0,
-            }
-            ptrs = {p: dtype for p in ("a_ptr", "b_ptr", "bias_ptr", "res_ptr", "y_ptr")}
-            specs.append(
-                _spec(
-                    f"gemm {_dname(dtype)} {_cfg_label(cfg)}",
-                    gemm.gemm_kernel,
-                    {**ptrs, "ws_ptr": torch.float32},
-                    consts,
-                    ("stride_ak", "stride_bn", "stride_rn", "stride_yn"),
-                    _GEMM_ALIGNED,
-                    cfg.num_warps,
-                    cfg.num_stages,
-                    "gemm",
-                    wgmma_expected=_wgmma_tile(cfg, arch) and dtype != torch.float32,
-                )
-            )
+            wgmma = _wgmma_tile(cfg, arch) and dtype != torch.float32
+            specs.append(_GEMM.spec(f"gemm {_dname(dtype)}", cfg, dtype, wgmma))
     # The other paths once each: B K-major (an nn.Linear weight), masked K, split-K.
+    fp16 = torch.float16
     cfg = gemm.get_configs(arch, 4096)[0]
-    ptrs = {p: torch.float16 for p in ("a_ptr", "b_ptr", "bias_ptr", "res_ptr", "y_ptr")}
-    ptrs["ws_ptr"] = torch.float32
-    consts = {**cfg.kwargs, **_EPILOGUE, "SPLIT_K": 1, "EVEN_K": True, "DOT_MODE": 0}
-    specs.append(
-        _spec(
-            f"gemm fp16 B K-major {_cfg_label(cfg)}",
-            gemm.gemm_kernel,
-            ptrs,
-            consts,
-            ("stride_ak", "stride_bk", "stride_rn", "stride_yn"),
-            ("M", "N", "K", "stride_am", "stride_bn", "stride_rm", "stride_ym"),
-            cfg.num_warps,
-            cfg.num_stages,
-            "gemm",
-            wgmma_expected=_wgmma_tile(cfg, arch),
-        )
-    )
+    specs.append(_GEMM.spec("gemm fp16 B K-major", cfg, fp16, _wgmma_tile(cfg, arch), **_K_MAJOR))
     cfg = gemm.get_configs(arch, 64)[0]
-    consts = {
-        **cfg.kwargs,
-        "HAS_BIAS": False,
-        "ACT": 0,
-        "HAS_RES": False,
-        "POST_ACT": 0,
-        "SPLIT_K": 4,
-        "EVEN_K": False,
-        "DOT_MODE": 0,
-    }
-    specs.append(
-        _spec(
-            f"gemm fp16 split-K 4, masked K {_cfg_label(cfg)}",
-            gemm.gemm_kernel,
-            ptrs,
-            consts,
-            ("stride_ak", "stride_bn", "stride_rn", "stride_yn"),
-            ("M", "N", "stride_bk"),
-            cfg.num_warps,
-            cfg.num_stages,
-            "gemm",
-            wgmma_expected=_wgmma_tile(cfg, arch),
-        )
-    )
+    split: dict[str, Any] = {**_NO_EPILOGUE, "SPLIT_K": 4, "EVEN_K": False}
+    label = "gemm fp16 split-K 4, masked K"
+    aligned = ("M", "N", "stride_bk")
+    specs.append(_GEMM.spec(label, cfg, fp16, _wgmma_tile(cfg, arch), aligned=aligned, **split))
     bm, bn = SPLITK_EPILOGUE_BLOCK
     for out in (torch.float16, torch.bfloat16):
         consts = {**_EPILOGUE, "SPLIT_K": 4, "BLOCK_M": bm, "BLOCK_N": bn}
@@ -219,73 +227,60 @@ def scaled_specs(arch: int = 90) -> list[CompileSpec]:
     """scaled_gemm_kernel: int8 (W8A8) and fp8 e4m3 (sm89+) x each config; B K-major."""
     specs = []
     kinds = [("w8a8", torch.int8)] + ([("fp8", torch.float8_e4m3fn)] if arch >= 89 else [])
+    fp16 = torch.float16
+    ptrs = _ptrs("a_ptr", "b_ptr", a_scale_ptr=_F32, b_scale_ptr=_F32, ws_ptr=_F32)
+    ptrs.update(bias_ptr=fp16, res_ptr=fp16, y_ptr=fp16)
     for kind, dtype in kinds:
+        consts = {**_EPILOGUE, "SPLIT_K": 1, "EVEN_K": True, "A_PER_ROW": True, "B_PER_COL": True}
+        consts["ACC_TYPE"] = tl.int32 if kind == "w8a8" else tl.float32
+        consts["DOT_MODE"] = 2 if kind == "fp8" else 0
+        kernel = _Kernel(gemm_scaled.scaled_gemm_kernel, kind, ptrs, **_K_MAJOR, consts=consts)
         for cfg in gemm_scaled.get_configs(arch):
-            consts = {
-                **cfg.kwargs,
-                **_EPILOGUE,
-                "SPLIT_K": 1,
-                "EVEN_K": True,
-                "A_PER_ROW": True,
-                "B_PER_COL": True,
-                "ACC_TYPE": tl.int32 if kind == "w8a8" else tl.float32,
-                "DOT_MODE": 2 if kind == "fp8" else 0,
-            }
-            ptrs = {
-                "a_ptr": dtype,
-                "b_ptr": dtype,
-                "a_scale_ptr": torch.float32,
-                "b_scale_ptr": torch.float32,
-                "bias_ptr": torch.float16,
-                "res_ptr": torch.float16,
-                "y_ptr": torch.float16,
-                "ws_ptr": torch.float32,
-            }
-            specs.append(
-                _spec(
-                    f"{kind} {_cfg_label(cfg)}",
-                    gemm_scaled.scaled_gemm_kernel,
-                    ptrs,
-                    consts,
-                    ("stride_ak", "stride_bk", "stride_rn", "stride_yn"),
-                    ("M", "N", "K", "stride_am", "stride_bn", "stride_rm", "stride_ym"),
-                    cfg.num_warps,
-                    cfg.num_stages,
-                    kind,
-                    wgmma_expected=_wgmma_tile(cfg, arch),
-                )
-            )
+            specs.append(kernel.spec(kind, cfg, dtype, _wgmma_tile(cfg, arch)))
         if kind == "fp8":  # fast accumulation once
             cfg = gemm_scaled.get_configs(arch, 4096)[0]
-            specs.append(
-                _spec(
-                    f"fp8 fast-accum {_cfg_label(cfg)}",
-                    gemm_scaled.scaled_gemm_kernel,
-                    ptrs,
-                    {**consts, **cfg.kwargs, "DOT_MODE": 0},
-                    ("stride_ak", "stride_bk", "stride_rn", "stride_yn"),
-                    ("M", "N", "K", "stride_am", "stride_bn", "stride_rm", "stride_ym"),
-                    cfg.num_warps,
-                    cfg.num_stages,
-                    kind,
-                    wgmma_expected=_wgmma_tile(cfg, arch),
-                )
-            )
+            fast = kernel.spec("fp8 fast-accum", cfg, dtype, _wgmma_tile(cfg, arch), DOT_MODE=0)
+            specs.append(fast)
     return specs
 
 
-_CONV_ALIGNED = (
-    "COUT",
-    "CIN_G",
-    "COUT_G",
-    "stride_xn",
-    "stride_xh",
-    "stride_xw",
-    "stride_wo",
-    "stride_wr",  # channels-last weight: S * CIN_G
-    "stride_ws",  # CIN_G
-    "stride_rm",
-    "stride_ym",
+# 3x3 channel-blocked implicit GEMM (1x1 where a config is for pointwise convs only).
+_CONV = _Kernel(
+    conv.conv2d_kernel,
+    "conv",
+    _ptrs("x_ptr", "w_ptr", "bias_ptr", "res_ptr", "y_ptr", ws_ptr=_F32),
+    ("stride_xc", "stride_wc", "stride_rn", "stride_yn"),
+    (
+        "COUT",
+        "CIN_G",
+        "COUT_G",
+        "stride_xn",
+        "stride_xh",
+        "stride_xw",
+        "stride_wo",
+        "stride_wr",  # channels-last weight: S * CIN_G
+        "stride_ws",  # CIN_G
+        "stride_rm",
+        "stride_ym",
+    ),
+    {**_EPILOGUE, "SPLIT_K": 1, "DOT_MODE": 0, "R": 3, "S": 3, "K_FLAT": False, "EVEN_C": True},
+)
+_DEPTHWISE = _Kernel(
+    conv.depthwise_conv2d_kernel,
+    "depthwise",
+    _ptrs("x_ptr", "w_ptr", "bias_ptr", "res_ptr", "y_ptr"),
+    ("stride_xc", "stride_wo", "stride_rn", "stride_yn"),
+    (
+        "COUT",
+        "stride_xn",
+        "stride_xh",
+        "stride_xw",
+        "stride_wr",
+        "stride_ws",
+        "stride_rm",
+        "stride_ym",
+    ),
+    {**_EPILOGUE, "R": 3, "S": 3, "MULT": 1},
 )
 
 
@@ -293,149 +288,81 @@ def conv_specs(arch: int = 90) -> list[CompileSpec]:
     """conv2d_kernel (3x3 channel-blocked; 1x1 for 8-warp tiles; 7x7 RGB stem gathered flat)
     and depthwise_conv2d_kernel, x (fp16, bf16, fp32)."""
     specs = []
+    # The RGB stem: few channels per group, K gathered flat over (r, s, c).
+    flat: dict[str, Any] = {"R": 7, "S": 7, "K_FLAT": True, "EVEN_C": False}
+    flat_aligned = ("COUT", "COUT_G", "stride_wo", "stride_rm", "stride_ym")
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        elem = dtype.itemsize
-        ptrs = {p: dtype for p in ("x_ptr", "w_ptr", "bias_ptr", "res_ptr", "y_ptr")}
-        ptrs["ws_ptr"] = torch.float32
+        elem, d = dtype.itemsize, _dname(dtype)
         pointwise_only = {
             _cfg_label(c) for c in conv.get_configs(arch, None, True, elem) if c.num_warps > 4
         }
         for cfg in conv.get_configs(arch, None, pointwise=True, elem_bytes=elem):
             pw = _cfg_label(cfg) in pointwise_only
-            base = {
-                **cfg.kwargs,
-                **_EPILOGUE,
-                "SPLIT_K": 1,
-                "DOT_MODE": 0,
-                "R": 1 if pw else 3,
-                "S": 1 if pw else 3,
-                "K_FLAT": False,
-                "EVEN_C": True,
-            }
-            specs.append(
-                _spec(
-                    f"conv{'1x1' if pw else '3x3'} {_dname(dtype)} {_cfg_label(cfg)}",
-                    conv.conv2d_kernel,
-                    ptrs,
-                    base,
-                    ("stride_xc", "stride_wc", "stride_rn", "stride_yn"),
-                    _CONV_ALIGNED,
-                    cfg.num_warps,
-                    cfg.num_stages,
-                    "conv",
-                    wgmma_expected=_wgmma_tile(cfg, arch) and dtype != torch.float32,
-                )
-            )
+            wgmma = _wgmma_tile(cfg, arch) and dtype != torch.float32
+            rs: dict[str, Any] = {"R": 1, "S": 1} if pw else {}
+            specs.append(_CONV.spec(f"conv{'1x1' if pw else '3x3'} {d}", cfg, dtype, wgmma, **rs))
             if not pw and dtype == torch.float16:
-                flat = {**base, "R": 7, "S": 7, "K_FLAT": True, "EVEN_C": False}
-                specs.append(
-                    _spec(
-                        f"conv7x7 flat-K fp16 {_cfg_label(cfg)}",
-                        conv.conv2d_kernel,
-                        ptrs,
-                        flat,
-                        ("stride_xc", "stride_wc", "stride_rn", "stride_yn"),
-                        ("COUT", "COUT_G", "stride_wo", "stride_rm", "stride_ym"),
-                        cfg.num_warps,
-                        cfg.num_stages,
-                        "conv",
-                    )
+                flat_spec = _CONV.spec(
+                    "conv7x7 flat-K fp16", cfg, dtype, aligned=flat_aligned, **flat
                 )
+                specs.append(flat_spec)
         # split-K once (small batch, long K)
         cfg = conv.get_configs(arch, 64, False, elem)[0]
-        specs.append(
-            _spec(
-                f"conv3x3 split-K 4 {_dname(dtype)} {_cfg_label(cfg)}",
-                conv.conv2d_kernel,
-                ptrs,
-                {
-                    **cfg.kwargs,
-                    **_EPILOGUE,
-                    "SPLIT_K": 4,
-                    "DOT_MODE": 0,
-                    "R": 3,
-                    "S": 3,
-                    "K_FLAT": False,
-                    "EVEN_C": True,
-                },
-                ("stride_xc", "stride_wc", "stride_rn", "stride_yn"),
-                _CONV_ALIGNED,
-                cfg.num_warps,
-                cfg.num_stages,
-                "conv",
-            )
-        )
+        specs.append(_CONV.spec(f"conv3x3 split-K 4 {d}", cfg, dtype, SPLIT_K=4))
         for cfg in conv.get_depthwise_configs(arch):
-            consts = {**cfg.kwargs, **_EPILOGUE, "R": 3, "S": 3, "MULT": 1}
-            specs.append(
-                _spec(
-                    f"depthwise3x3 {_dname(dtype)} {_cfg_label(cfg)}",
-                    conv.depthwise_conv2d_kernel,
-                    ptrs,
-                    consts,
-                    ("stride_xc", "stride_wo", "stride_rn", "stride_yn"),
-                    (
-                        "COUT",
-                        "stride_xn",
-                        "stride_xh",
-                        "stride_xw",
-                        "stride_wr",
-                        "stride_ws",
-                        "stride_rm",
-                        "stride_ym",
-                    ),
-                    cfg.num_warps,
-                    cfg.num_stages,
-                    "depthwise",
-                )
-            )
+            specs.append(_DEPTHWISE.spec(f"depthwise3x3 {d}", cfg, dtype))
     return specs
+
+
+_INT4 = _Kernel(
+    gemm_int4.int4_gemm_kernel,
+    "int4",
+    _ptrs(
+        "a_ptr",
+        "scale_ptr",
+        "zero_ptr",
+        "bias_ptr",
+        "res_ptr",
+        "y_ptr",
+        b_ptr=torch.uint8,
+        ws_ptr=_F32,
+    ),
+    ("stride_ak", "stride_rn", "stride_yn"),
+    ("M", "N", "K", "stride_am", "stride_bn", "stride_sn", "stride_rm", "stride_ym"),
+    {**_EPILOGUE, "SPLIT_K": 1, "EVEN_K": True, "QBLOCK": 32, "HAS_ZERO": True, "DOT_MODE": 0},
+)
 
 
 def int4_specs(arch: int = 90) -> list[CompileSpec]:
     """int4_gemm_kernel: every config with fp16 A (one scale per K-tile, zero points), once
     each with bf16 and fp32 A, the per-element scale path (BLOCK_K > the block) and split-K."""
-    specs = []
 
     def one(label: str, cfg: triton.Config, dtype: torch.dtype, **over: Any) -> CompileSpec:
-        consts = {
-            **cfg.kwargs,
-            **_EPILOGUE,
-            "SPLIT_K": 1,
-            "EVEN_K": True,
-            "QBLOCK": 32,
-            "HAS_ZERO": True,
-            "ONE_GROUP": 32 % cfg.kwargs["BLOCK_K"] == 0,
-            "DOT_MODE": 0,
-            **over,
-        }
-        ptrs = {p: dtype for p in ("a_ptr", "scale_ptr", "zero_ptr", "bias_ptr", "res_ptr")}
-        ptrs.update(b_ptr=torch.uint8, y_ptr=dtype, ws_ptr=torch.float32)
-        return _spec(
-            f"int4 {_dname(dtype)} {label}{_cfg_label(cfg)}",
-            gemm_int4.int4_gemm_kernel,
-            ptrs,
-            consts,
-            ("stride_ak", "stride_rn", "stride_yn"),
-            ("M", "N", "K", "stride_am", "stride_bn", "stride_sn", "stride_rm", "stride_ym"),
-            cfg.num_warps,
-            cfg.num_stages,
-            "int4",
-            wgmma_expected=_wgmma_tile(cfg, arch) and dtype != torch.float32,
-        )
+        wgmma = _wgmma_tile(cfg, arch) and dtype != torch.float32
+        consts = {"ONE_GROUP": 32 % cfg.kwargs["BLOCK_K"] == 0, **over}
+        return _INT4.spec(f"int4 {_dname(dtype)}{label}", cfg, dtype, wgmma, **consts)
 
-    for cfg in gemm_int4.get_configs(arch):
-        specs.append(one("", cfg, torch.float16))
+    specs = [one("", cfg, torch.float16) for cfg in gemm_int4.get_configs(arch)]
     large = gemm_int4.get_configs(arch, 4096)[0]
     small = gemm_int4.get_configs(arch, 1)[0]
     specs.append(one("", large, torch.bfloat16))
     specs.append(one("", gemm_int4.get_configs(arch, 4096, elem_bytes=4)[0], torch.float32))
-    specs.append(one("no zero points, block 128, ", large, torch.float16, HAS_ZERO=False))
+    specs.append(one(" no zero points, block 128,", large, torch.float16, HAS_ZERO=False))
     wide_k = triton.Config({**small.kwargs, "BLOCK_K": 64}, num_warps=4, num_stages=4)
     gathered = {"ONE_GROUP": False, "EVEN_K": False}
-    specs.append(one("per-element scales, masked K, ", wide_k, torch.float16, **gathered))
-    specs.append(one("split-K 4, ", small, torch.float16, SPLIT_K=4, HAS_BIAS=False, HAS_RES=False))
+    specs.append(one(" per-element scales, masked K,", wide_k, torch.float16, **gathered))
+    specs.append(one(" split-K 4,", small, torch.float16, SPLIT_K=4, HAS_BIAS=False, HAS_RES=False))
     return specs
+
+
+_TMA = _Kernel(
+    gemm_tma.gemm_tma_kernel,
+    "gemm-tma",
+    _ptrs("bias_ptr", "res_ptr", "y_ptr"),
+    ("stride_rn", "stride_yn"),
+    ("M", "N", "K", "stride_rm", "stride_ym"),
+    {**_EPILOGUE, "NUM_SMS": 132, "DOT_MODE": 0},
+)
 
 
 def tma_specs(arch: int = 90) -> list[CompileSpec]:
@@ -456,23 +383,9 @@ def tma_specs(arch: int = 90) -> list[CompileSpec]:
                 "a_desc": f"tensordesc<{d}[{k['BLOCK_M']}, {k['BLOCK_K']}]>",
                 "b_desc": f"tensordesc<{d}[{b_block[0]}, {b_block[1]}]>",
             }
-            consts = {**k, **_EPILOGUE, "NUM_SMS": 132, "B_KMAJOR": kmajor, "DOT_MODE": 0}
-            ptrs = {p: dtype for p in ("bias_ptr", "res_ptr", "y_ptr")}
-            specs.append(
-                _spec(
-                    f"gemm-tma {d} B {'K-major' if kmajor else 'row-major'} {_cfg_label(cfg)}",
-                    gemm_tma.gemm_tma_kernel,
-                    ptrs,
-                    consts,
-                    ("stride_rn", "stride_yn"),
-                    ("M", "N", "K", "stride_rm", "stride_ym"),
-                    cfg.num_warps,
-                    cfg.num_stages,
-                    "gemm-tma",
-                    wgmma_expected=True,
-                    descriptors=descs,
-                )
-            )
+            label = f"gemm-tma {d} B {'K-major' if kmajor else 'row-major'}"
+            tma = _TMA.spec(label, cfg, dtype, True, descriptors=descs, B_KMAJOR=kmajor)
+            specs.append(tma)
     return specs
 
 

@@ -3,7 +3,7 @@
 One home for what the custom-domain ops mean, imported by every part that deals with them:
 the graph passes (fusion rules and ONNX function bodies, `passes/lepton_ops.py`), the lepton
 runtime (`runtime/lepton/ops_lepton.py`), the Triton kernels (`kernels/_common.py`) and the
-roofline (`bench/roofline.py`). It imports nothing but the standard library, so any part may
+roofline (`bench/roofline/cost.py`). It imports nothing but the standard library, so any part may
 import it without pulling in another.
 
 Every op is a "base" computation followed by the same epilogue:

@@ -167,5 +167,6 @@ def _open_cache(ctx: RunContext) -> VariantCache:
             "meter": {d: m.name for d, m in sorted(ctx.meters.items())},
             "search_budget_s": opts.search_budget_s,
             "metric": opts.metric_name(),
+            "kernels": opts.kernels,
         },
     )

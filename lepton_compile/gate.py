@@ -17,6 +17,7 @@ from typing import Any
 
 from lepton_compile.bench.stats import Ratio, unpaired_ratio
 from lepton_compile.errors import InputError
+from lepton_compile.passes.errors import one_line
 from lepton_compile.report import SCHEMA
 
 MARKDOWN_TITLE = "## lepton-compile gate"
@@ -44,7 +45,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not a JSON report ({_one_line(e)})") from None
+        raise InputError(f"{p}: not a JSON report ({one_line(e, 200)})") from None
     except RecursionError:
         # Python's parser recurses once per nesting level; a report is a few levels deep.
         raise InputError(f"{p}: not a JSON report (nested too deeply)") from None
@@ -59,11 +60,6 @@ def load_report(path: str | Path) -> dict[str, Any]:
 def _no_constant(name: str) -> float:
     # Reports are written with allow_nan=False: NaN or Infinity means someone else wrote it.
     raise ValueError(f"{name} is not a number a report holds")
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
 
 
 def _is_number(x: Any) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +16,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from lepton_compile import modelio
 from lepton_compile.errors import InputError
+from lepton_compile.passes.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,7 @@ def parse_shape_arg(text: str) -> tuple[str, list[int]]:
     return name, shape
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+def declared_dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
         return None
@@ -130,7 +122,7 @@ def _read_model(path: Path) -> onnx.ModelProto:
     except FileNotFoundError as e:
         raise InputError(f"{path}: external data file missing: {e.filename or e}") from None
     except Exception as e:  # protobuf raises several types on garbage input
-        raise InputError(f"{path}: could not be read as ONNX: {_one_line(e)}") from None
+        raise InputError(f"{path}: could not be read as ONNX: {one_line(e)}") from None
     # Protobuf parses many non-ONNX byte strings without complaint; a model needs a graph.
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
         raise InputError(f"{path}: not an ONNX model (no ir_version or no graph outputs)")
@@ -172,11 +164,6 @@ def _non_utf8_field(root: Message) -> str | None:
     return None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
-
-
 def _is_repeated(fd: FieldDescriptor) -> bool:
     # protobuf 7 dropped FieldDescriptor.label; versions before 5 lack is_repeated.
     flag = getattr(fd, "is_repeated", None)
@@ -197,7 +184,7 @@ def check(model: onnx.ModelProto, path: Path) -> None:
         else:
             onnx.checker.check_model(model)
     except Exception as e:
-        raise InputError(f"{path}: invalid ONNX graph: {_one_line(e)}") from None
+        raise InputError(f"{path}: invalid ONNX graph: {one_line(e)}") from None
     _check_types(model.graph, path)
 
 
@@ -291,7 +278,7 @@ def _check_tensor_data(graph: onnx.GraphProto, path: Path) -> None:
             numpy_helper.to_array(t)  # typed fields: rare, and small where they are used
         except Exception as e:
             raise InputError(
-                f"{what}: its values do not fit shape {list(t.dims)} of {dtype}: {_one_line(e)}"
+                f"{what}: its values do not fit shape {list(t.dims)} of {dtype}: {one_line(e)}"
             ) from None
 
 
@@ -313,81 +300,160 @@ def fix_input_shapes(
     shapes: Mapping[str, Sequence[int]],
     path: Path,
     default_batch: int = 1,
-) -> tuple[list[str], dict[str, list[int]]]:
-    """Make every user input static in place. Returns notes and the dims that were fixed."""
+    static: bool = True,
+) -> tuple[list[str], dict[str, list[int | str]]]:
+    """Set the input shapes the user gave, in place. Returns notes and the dims that changed.
+
+    ``static`` (the main job, which measures at one shape): every other dimension becomes
+    static too: a symbol pinned through one input (``batch``) takes the same size everywhere,
+    a dynamic batch becomes ``default_batch``, and any other dynamic dimension is an error
+    that names the flag. Otherwise (``optimize``) dimensions nobody fixed stay symbolic, and
+    pinned symbols are pinned in the outputs as well, since ONNX gives one symbol one size.
+    """
     inputs = user_inputs(model)
-    names = [i.name for i in inputs]
+    symbols = _given_symbols(inputs, shapes, path, strict=static)
+    notes: list[str] = []
+    fixed: dict[str, list[int | str]] = {}
+    for vi in inputs:
+        dims = declared_dims(vi)
+        if vi.name in shapes:
+            new: list[int | str | None] = [int(d) for d in shapes[vi.name]]
+        elif dims is None:
+            if not static:
+                continue
+            raise InputError(
+                f"{path.name}: input {vi.name!r} has no shape; give one with "
+                f"--input-shape {vi.name}=DIMS"
+            )
+        elif static:
+            new = list(_static_dims(vi.name, dims, symbols, default_batch, notes, path))
+        else:
+            new = [symbols.get(d, d) if isinstance(d, str) else d for d in dims]
+        if set_dims(vi, dims, new):
+            fixed[vi.name] = [d if isinstance(d, int) else (d or "?") for d in new]
+    if not static:
+        for vo in model.graph.output:
+            dims = declared_dims(vo)
+            if dims is not None:
+                set_dims(vo, dims, [symbols.get(d, d) if isinstance(d, str) else d for d in dims])
+        for vi in inputs:
+            dims = declared_dims(vi)
+            if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
+                notes.append(
+                    f"input {vi.name!r} stays dynamic ({_fmt_dims(dims or ())}): only what is "
+                    "static is folded"
+                )
+    return notes, fixed
+
+
+def _given_symbols(
+    inputs: Sequence[onnx.ValueInfoProto],
+    shapes: Mapping[str, Sequence[int]],
+    path: Path,
+    strict: bool,
+) -> dict[str, int]:
+    """Check the user's shapes against the inputs; the sizes they give to symbolic dims.
+
+    A symbol such as 'batch' or 'sequence' usually means the same size in every input. Some
+    exporters name every unknown dim "?": given two sizes, such a symbol is left out (when
+    not ``strict``; strict keeps the first).
+    """
+    names = [vi.name for vi in inputs]
     for name in shapes:
         if name not in names:
             raise InputError(
                 f"--input-shape names {name!r}, which is not an input of {path.name} "
                 f"(inputs: {', '.join(names) or 'none'})"
             )
-    notes: list[str] = []
-    # A symbol such as 'batch' or 'sequence' usually means the same size in every input.
     symbols: dict[str, int] = {}
+    conflicting: set[str] = set()
     for vi in inputs:
-        if vi.name in shapes:
-            dims = _dims(vi)
-            want = list(shapes[vi.name])
-            if dims is not None and len(dims) != len(want):
+        if vi.name not in shapes:
+            continue
+        dims = declared_dims(vi)
+        want = [int(d) for d in shapes[vi.name]]
+        if dims is not None and len(dims) != len(want):
+            raise InputError(
+                f"--input-shape {vi.name}: rank {len(want)} given, the model's input has "
+                f"rank {len(dims)} ({_fmt_dims(dims)})"
+            )
+        for i, (d, w) in enumerate(zip(dims or [None] * len(want), want, strict=True)):
+            if isinstance(d, int) and d > 0 and d != w:
                 raise InputError(
-                    f"--input-shape {vi.name}: rank {len(want)} given, the model's input has "
-                    f"rank {len(dims)} ({_fmt_dims(dims)})"
+                    f"--input-shape {vi.name}: dimension {i} is fixed to {d} in the model, "
+                    f"{w} given"
                 )
-            for i, (d, w) in enumerate(zip(dims or [None] * len(want), want, strict=True)):
-                if isinstance(d, int) and d != w:
-                    raise InputError(
-                        f"--input-shape {vi.name}: dimension {i} is fixed to {d} in the model, "
-                        f"{w} given"
-                    )
-                if isinstance(d, str) and d:
-                    symbols.setdefault(d, w)
-    fixed: dict[str, list[int]] = {}
-    for vi in inputs:
-        dims = _dims(vi)
-        if vi.name in shapes:
-            new = list(shapes[vi.name])
+            if isinstance(d, str) and d and symbols.setdefault(d, w) != w:
+                conflicting.add(d)
+    if not strict:
+        for d in conflicting:
+            del symbols[d]
+    return symbols
+
+
+def _static_dims(
+    name: str,
+    dims: Sequence[int | str | None],
+    symbols: dict[str, int],
+    default_batch: int,
+    notes: list[str],
+    path: Path,
+) -> list[int]:
+    new: list[int] = []
+    for i, d in enumerate(dims):
+        if isinstance(d, int) and d > 0:
+            new.append(d)
+        elif isinstance(d, str) and d in symbols:
+            new.append(symbols[d])
+        elif i == 0 and len(dims) > 1:
+            new.append(default_batch)
+            notes.append(
+                f"input {name!r}: dynamic batch dimension {d or '?'!s} set to {default_batch}"
+            )
+            if isinstance(d, str) and d:
+                symbols[d] = default_batch
         else:
-            if dims is None:
-                raise InputError(
-                    f"{path.name}: input {vi.name!r} has no shape; give one with "
-                    f"--input-shape {vi.name}=DIMS"
-                )
-            new = []
-            for i, d in enumerate(dims):
-                if isinstance(d, int) and d > 0:
-                    new.append(d)
-                elif isinstance(d, str) and d in symbols:
-                    new.append(symbols[d])
-                elif i == 0 and len(dims) > 1:
-                    new.append(default_batch)
-                    notes.append(
-                        f"input {vi.name!r}: dynamic batch dimension "
-                        f"{d or '?'!s} set to {default_batch}"
-                    )
-                    if isinstance(d, str) and d:
-                        symbols[d] = default_batch
-                else:
-                    example = "x".join(
-                        str(x)
-                        if isinstance(x, int) and x > 0
-                        else (str(new[j]) if j < len(new) else "N")
-                        for j, x in enumerate(dims)
-                    )
-                    raise InputError(
-                        f"{path.name}: input {vi.name!r} has dynamic dimension {i} "
-                        f"({d or '?'!s}) in shape [{_fmt_dims(dims)}]; fix it with "
-                        f"--input-shape {vi.name}={example}"
-                    )
-        if dims is None or list(dims) != new:
-            fixed[vi.name] = new
-        tt = vi.type.tensor_type
-        tt.shape.SetInParent()  # a scalar keeps an (empty) shape instead of losing it
-        del tt.shape.dim[:]
-        for d in new:
-            tt.shape.dim.add().dim_value = int(d)
-    return notes, fixed
+            example = "x".join(
+                str(x) if isinstance(x, int) and x > 0 else (str(new[j]) if j < len(new) else "N")
+                for j, x in enumerate(dims)
+            )
+            raise InputError(
+                f"{path.name}: input {name!r} has dynamic dimension {i} ({d or '?'!s}) in shape "
+                f"[{_fmt_dims(dims)}]; fix it with --input-shape {name}={example}"
+            )
+    return new
+
+
+def set_dims(
+    vi: onnx.ValueInfoProto,
+    old: Sequence[int | str | None] | None,
+    new: Sequence[int | str | None],
+) -> bool:
+    """Give ``vi`` the dims ``new`` (ints static, strings symbolic); False if unchanged."""
+    if old is not None and list(old) == list(new):
+        return False
+    tensor_type = vi.type.tensor_type
+    tensor_type.shape.SetInParent()  # a scalar keeps an (empty) shape instead of losing it
+    del tensor_type.shape.dim[:]
+    for d in new:
+        dim = tensor_type.shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif d:
+            dim.dim_param = d
+    return True
+
+
+def read_checked(path: Path) -> onnx.ModelProto:
+    """Read a model file and check it: the one intake of the main job and of ``optimize``.
+
+    Raises InputError with a one-line message on anything wrong with the file.
+    """
+    model = _read_model(path)
+    check(model, path)
+    if default_opset(model) == 0:
+        raise InputError(f"{path}: the model imports no default-domain opset")
+    return model
 
 
 def _fmt_dims(dims: Sequence[int | str | None]) -> str:
@@ -402,7 +468,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is a help, not a requirement
-        log.warning("shape inference failed: %s", _one_line(e))
+        log.warning("shape inference failed: %s", one_line(e))
         return model
 
 
@@ -411,7 +477,7 @@ def find_score_outputs(model: onnx.ModelProto) -> set[str]:
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     found = set()
     for out in model.graph.output:
-        dims = _dims(out)
+        dims = declared_dims(out)
         op = producers.get(out.name)
         if dims is None or len(dims) < 2 or out.type.tensor_type.elem_type not in _FLOAT_TYPES:
             continue
@@ -425,6 +491,10 @@ def find_score_outputs(model: onnx.ModelProto) -> set[str]:
     return found
 
 
+def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+    return TensorSpec(vi.name, vi.type.tensor_type.elem_type, declared_dims(vi))
+
+
 def load_model(
     path: str | Path,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -432,22 +502,15 @@ def load_model(
 ) -> LoadedModel:
     """Load, check and make static. Raises InputError with a one-line message on bad input."""
     path = Path(path)
-    model = _read_model(path)
-    check(model, path)
+    model = read_checked(path)
     opset = default_opset(model)
-    if opset == 0:
-        raise InputError(f"{path}: the model imports no default-domain opset")
     notes, fixed = fix_input_shapes(model, input_shapes or {}, path, default_batch)
     model = infer_shapes(model)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [TensorSpec(i.name, i.type.tensor_type.elem_type, _dims(i)) for i in model.graph.input]
-    inputs = [s for s in inputs if s.name not in inits]
+    inputs = [_spec(i) for i in user_inputs(model)]
     for s in inputs:
         if s.elem_type == 0:
             raise InputError(f"{path.name}: input {s.name!r} is not a tensor with a known dtype")
-    outputs = [
-        TensorSpec(o.name, o.type.tensor_type.elem_type, _dims(o)) for o in model.graph.output
-    ]
+    outputs = [_spec(o) for o in model.graph.output]
     return LoadedModel(
         path=path,
         # External data counts: the same graph with other weights is another model.

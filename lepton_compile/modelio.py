@@ -41,9 +41,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             # onnx moves the weights out of the proto it is given: hand it a copy.
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            onnx.save_model(
-                copy, str(tmp), save_as_external_data=True, location=data_name(path)
-            )
+            onnx.save_model(copy, str(tmp), save_as_external_data=True, location=data_name(path))
             data = stage / data_name(path)
             if data.exists():
                 _publish(data, path.with_name(data_name(path)))
@@ -152,12 +150,3 @@ def check_model(model: onnx.ModelProto, path: str | os.PathLike[str] | None = No
     if path is None or not Path(path).is_file():
         raise ValueError("a model over the protobuf limit is checked from its file; none given")
     onnx.checker.check_model(str(path))
-
-
-def ort_model_source(model: onnx.ModelProto, path: str | os.PathLike[str] | None) -> bytes | str:
-    """What to hand onnxruntime's InferenceSession: the bytes, or the path past the limit."""
-    if not over_limit(model):
-        return model.SerializeToString()
-    if path is None or not Path(path).is_file():
-        raise ValueError("a model over the protobuf limit is loaded from its file; none given")
-    return str(path)

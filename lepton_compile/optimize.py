@@ -27,109 +27,20 @@ import onnx
 from lepton_compile.bench.stats import Ratio, paired_ratio
 from lepton_compile.errors import InputError
 from lepton_compile.intake import (
-    _dims,
-    _fmt_dims,
-    _read_model,
-    check,
-    default_opset,
-    file_sha256,
+    declared_dims,
+    fix_input_shapes,
     infer_shapes,
+    read_checked,
     user_inputs,
 )
-from lepton_compile.modelio import save_model
+from lepton_compile.modelio import file_sha256, save_model
 from lepton_compile.modelio import size_bytes as model_size_bytes
 from lepton_compile.outdir import OPTIMIZED_MARK, check_output_file
+from lepton_compile.passes import ort_session
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "lepton-compile/optimize/v1"
-
-
-def fix_input_dims(
-    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], path: Path
-) -> tuple[list[str], dict[str, list[int | str]]]:
-    """Set the shapes the user gave, in place; every other dimension stays as it is.
-
-    Unlike intake's `fix_input_shapes` (the main command needs static shapes), a dim that
-    nobody fixed stays symbolic. A symbol the user pinned through one input (``batch``)
-    is pinned wherever it appears among the inputs and outputs, since ONNX gives one
-    symbol one size. Returns notes and the new shapes of the inputs that changed.
-    """
-    inputs = user_inputs(model)
-    names = [vi.name for vi in inputs]
-    for name in shapes:
-        if name not in names:
-            raise InputError(
-                f"--input-shape names {name!r}, which is not an input of {path.name} "
-                f"(inputs: {', '.join(names) or 'none'})"
-            )
-    symbols: dict[str, int] = {}
-    conflicting: set[str] = set()
-    for vi in inputs:
-        if vi.name not in shapes:
-            continue
-        dims = _dims(vi)
-        want = [int(d) for d in shapes[vi.name]]
-        if dims is not None and len(dims) != len(want):
-            raise InputError(
-                f"--input-shape {vi.name}: rank {len(want)} given, the model's input has "
-                f"rank {len(dims)} ({_fmt_dims(dims)})"
-            )
-        for i, (d, w) in enumerate(zip(dims or [None] * len(want), want, strict=True)):
-            if isinstance(d, int) and d > 0 and d != w:
-                raise InputError(
-                    f"--input-shape {vi.name}: dimension {i} is fixed to {d} in the model, "
-                    f"{w} given"
-                )
-            if isinstance(d, str) and d:
-                if symbols.setdefault(d, w) != w:
-                    # Some exporters name every unknown dim "?": not one size after all.
-                    conflicting.add(d)
-    for d in conflicting:
-        del symbols[d]
-    fixed: dict[str, list[int | str]] = {}
-    for vi in inputs:
-        dims = _dims(vi)
-        if vi.name in shapes:
-            new: list[int | str | None] = [int(d) for d in shapes[vi.name]]
-        elif dims is not None:
-            new = [symbols.get(d, d) if isinstance(d, str) else d for d in dims]
-        else:
-            continue
-        if _set_dims(vi, dims, new):
-            fixed[vi.name] = [d if isinstance(d, int) else (d or "?") for d in new]
-    for vi in model.graph.output:
-        dims = _dims(vi)
-        if dims is not None:
-            _set_dims(vi, dims, [symbols.get(d, d) if isinstance(d, str) else d for d in dims])
-    notes: list[str] = []
-    for vi in inputs:
-        dims = _dims(vi)
-        if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
-            notes.append(
-                f"input {vi.name!r} stays dynamic ({_fmt_dims(dims or ())}): only what is "
-                "static is folded"
-            )
-    return notes, fixed
-
-
-def _set_dims(
-    vi: onnx.ValueInfoProto,
-    old: Sequence[int | str | None] | None,
-    new: Sequence[int | str | None],
-) -> bool:
-    if old is not None and list(old) == list(new):
-        return False
-    tensor_type = vi.type.tensor_type
-    tensor_type.shape.SetInParent()  # a scalar keeps an (empty) shape
-    del tensor_type.shape.dim[:]
-    for d in new:
-        dim = tensor_type.shape.dim.add()
-        if isinstance(d, int):
-            dim.dim_value = d
-        elif d:
-            dim.dim_param = d
-    return True
 
 
 @dataclasses.dataclass
@@ -143,14 +54,12 @@ class Loaded:
 
 
 def load(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Loaded:
-    """Read and check like the main command (InputError on bad input), fix the given dims."""
+    """Read and check through the main command's intake (InputError on bad input), and fix
+    the dims the user gave, leaving the others dynamic."""
     path = Path(path)
-    model = _read_model(path)
-    check(model, path)
-    if default_opset(model) == 0:
-        raise InputError(f"{path}: the model imports no default-domain opset")
+    model = read_checked(path)
     declared = _io(model)
-    notes, fixed = fix_input_dims(model, input_shapes or {}, path)
+    notes, fixed = fix_input_shapes(model, input_shapes or {}, path, static=False)
     if fixed:
         # Value infos recorded for the old dims would contradict the new ones.
         model = infer_shapes(model)
@@ -159,7 +68,7 @@ def load(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = No
 
 def op_counts(model: onnx.ModelProto) -> Counter[str]:
     """Nodes per op type in the graph and its subgraphs (as the pass records count them)."""
-    from lepton_compile.passes.verify import proto_graphs
+    from lepton_compile.passes.walk import proto_graphs
 
     counts: Counter[str] = Counter()
     for graph in proto_graphs(model.graph):
@@ -174,7 +83,7 @@ def _io(model: onnx.ModelProto) -> list[dict[str, Any]]:
     for vi in user_inputs(model):
         elem = vi.type.tensor_type.elem_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "?"
-        out.append({"name": vi.name, "dtype": dtype, "shape": list(_dims(vi) or [])})
+        out.append({"name": vi.name, "dtype": dtype, "shape": list(declared_dims(vi) or [])})
     return out
 
 
@@ -206,13 +115,8 @@ SPEED_METHOD = (
 
 
 def _ort_session(model: onnx.ModelProto | str) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    # Default level (ORT_ENABLE_ALL) and threads: what the user runs the model with.
-    options.log_severity_level = 3
-    data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    # ORT_ENABLE_ALL and default threads: what the user runs the model with.
+    return ort_session.session(model, optimization="all")
 
 
 class OrtPairedTimer:
@@ -390,7 +294,7 @@ class SpeedCheck:
                 if round_ < self.extra_rounds:
                     log.info("speed check: %.2fx, inconclusive: timing again", 1 / ratio.ratio)
         except Exception as e:  # a timing problem says nothing about the passes
-            from lepton_compile.passes.verify import one_line
+            from lepton_compile.passes.errors import one_line
 
             self.errors.append(one_line(e))
             log.warning("speed check: timing failed: %s", one_line(e))
@@ -511,7 +415,7 @@ def _unverifiable(source: Path, reason: str, loaded: Loaded) -> InputError:
 
 
 def _is_static(vi: onnx.ValueInfoProto) -> bool:
-    dims = _dims(vi)
+    dims = declared_dims(vi)
     return dims is not None and all(isinstance(d, int) and d >= 0 for d in dims)
 
 

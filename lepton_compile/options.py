@@ -22,6 +22,7 @@ from lepton_compile.errors import InputError
 from lepton_compile.search import OBJECTIVES
 from lepton_compile.worker import DEFAULT_TIMEOUT_S
 
+KERNEL_MODES = ("auto", "triton", "torch")
 # A variant this many times slower than the original in the screen is not measured further.
 DEFAULT_SCREEN_FACTOR = 2.0
 
@@ -59,6 +60,9 @@ class CompileOptions:
     max_trials: int | None = None
     measure_budget_s: float | None = None
     screen_factor: float | None = DEFAULT_SCREEN_FACTOR
+    # lepton backend: our Triton kernels or torch's route per layer (auto: measured per layer
+    # on a GPU, torch on a CPU; triton: ours wherever a kernel exists; torch: never ours).
+    kernels: str = "auto"
 
     def validate(self) -> None:
         """Raise InputError on a value no run could use."""
@@ -73,6 +77,8 @@ class CompileOptions:
         # A budget of 0 is allowed: only the original is verified and measured.
         if self.budget_s is not None and not (math.isfinite(self.budget_s) and self.budget_s >= 0):
             raise InputError("--budget-s must be a finite number, 0 or more")
+        if self.kernels not in KERNEL_MODES:
+            raise InputError(f"--kernels must be one of {', '.join(KERNEL_MODES)}")
         if self.metric is not None and not callable(self.metric):
             raise InputError("metric must be a callable metric(outputs, labels) -> float")
         self.race_rules()  # its own checks
@@ -100,6 +106,10 @@ class CompileOptions:
             raise InputError(
                 f"--min-trials/--max-trials/--measure-budget-s/--screen-factor: {e}"
             ) from None
+
+    def backend_options(self, backend: str) -> dict[str, Any]:
+        """Load options for a variant's backend."""
+        return {"kernels": self.kernels} if backend.startswith("lepton") else {}
 
     def metric_name(self) -> str | None:
         m = self.metric

@@ -47,6 +47,13 @@ def _foreign_entries(directory: Path) -> list[str]:
 
 def check_output_dir(path: Path, force: bool = False) -> None:
     """Raise InputError unless ``path`` may become (or be replaced by) an output directory."""
+    try:
+        _check_output_dir(path, force)
+    except OSError as e:  # a name too long, a folder we may not read: the path is bad input
+        raise InputError(f"{path}: cannot be used as the output: {e.strerror or e}") from None
+
+
+def _check_output_dir(path: Path, force: bool) -> None:
     if force or not (path.exists() or path.is_symlink()):
         return
     if not path.is_dir() or path.is_symlink():
@@ -150,6 +157,13 @@ def check_output_file(path: Path, source: Path | None = None, force: bool = Fals
     Never the input itself (not even with --force), never a directory; an existing file only
     when ``optimize`` wrote it, or with ``force``.
     """
+    try:
+        _check_output_file(path, source, force)
+    except OSError as e:
+        raise InputError(f"{path}: cannot be used as the output: {e.strerror or e}") from None
+
+
+def _check_output_file(path: Path, source: Path | None, force: bool) -> None:
     if source is not None and path.exists() and source.exists() and path.samefile(source):
         raise InputError(f"{path}: is the input model; choose another output path")
     if path.is_dir():

@@ -24,6 +24,7 @@ def _variant_dict(v: VariantResult) -> dict[str, Any]:
         "recipe": v.recipe.to_dict(),
         "backend": v.backend,
         "device": v.device,
+        "backend_options": v.options or None,
         "precision": v.precision,
         "status": v.status,
         "latency_ms": m.get("latency_ms"),
@@ -242,6 +243,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for r in rows(report):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    kernels = [
+        f"- `{v['id']}`: {v['session']['kernel_summary']}"
+        for v in report["variants"]
+        if (v.get("session") or {}).get("kernel_summary")
+    ]
+    if kernels:
+        lines += ["", "Layers on our kernels (lepton backend, chosen per layer):", "", *kernels]
     failed = [v for v in report["variants"] if v.get("reason")]
     if failed:
         lines += ["", "Not picked because:", ""]

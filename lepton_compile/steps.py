@@ -16,6 +16,9 @@ import onnx
 import onnx_ir as ir
 
 from lepton_compile import compress
+from lepton_compile.errors import InputError
+from lepton_compile.passes.errors import PassInputError
+from lepton_compile.passes.quantize.revert import revert_nodes, revert_qdq
 from lepton_compile.shared import SharedStore, feeds_fingerprint, key
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
@@ -63,11 +66,12 @@ def _finish(
 
 # How a layer goes back to FP32 during a search: a rebuild with ``nodes_to_exclude`` works for
 # every step; a graph edit of the all-layers model is far cheaper where the step's output has
-# the shape it needs ("qdq": Q/DQ pairs in front of the layer, ``compress.revert_qdq``;
-# "splice": a chain that ends in the layer's own output tensor, ``compress.revert_nodes``).
+# the shape it needs ("qdq": Q/DQ pairs in front of the layer, ``revert_qdq``; "splice": a
+# chain that ends in the layer's own output tensor, ``revert_nodes``; both in
+# ``passes.quantize.revert``).
 _REVERTS: dict[str, Callable[..., onnx.ModelProto | None]] = {
-    "qdq": compress.revert_qdq,
-    "splice": compress.revert_nodes,
+    "qdq": revert_qdq,
+    "splice": revert_nodes,
 }
 
 
@@ -262,4 +266,8 @@ def apply(
         ev = compress.Evaluator(
             original, search, accuracy, spec.evaluator_backend, labels, reference=reference
         )
-    return spec.run(model, calibrate, options, ev, accuracy, step, store=store)
+    try:
+        return spec.run(model, calibrate, options, ev, accuracy, step, store=store)
+    except PassInputError as e:
+        # The passes know nothing of the driver: their bad-input error becomes ours (exit 2).
+        raise InputError(str(e)) from None

@@ -44,6 +44,8 @@ class VariantResult:
     backend: str
     device: str
     status: Status = Status.PENDING
+    # Backend load options that make this variant (lepton's modes: channels-last, ...).
+    options: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     artifact: Path | None = None
     size_bytes: int = 0

@@ -154,6 +154,7 @@ def _kind(e: BaseException) -> str:
     """The WorkerError kind of an exception raised by the work itself."""
     from lepton_compile.compress import CompressionFailed, NotApplicable
     from lepton_compile.errors import InputError, NotSupported
+    from lepton_compile.passes.errors import PassInputError
 
     if isinstance(e, NotApplicable):
         return "skip"
@@ -161,21 +162,25 @@ def _kind(e: BaseException) -> str:
         return "unsupported"
     if isinstance(e, CompressionFailed):
         return "constraint"
-    if isinstance(e, InputError):
+    if isinstance(e, InputError | PassInputError):  # a pass's bad input is the user's too
         return "input"
     return "error"
 
 
 def _one_line(e: BaseException) -> str:
+    """What a worker reports of an error: our own errors as they are, others with their
+    type; an allocation failure in any library reads as what it is."""
     from lepton_compile.errors import LeptonError
+    from lepton_compile.passes.errors import one_line
 
     if isinstance(e, LeptonError):
         return str(e)
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else ""
+    # A native library's message ends in its reason: the last line, not the first.
+    text = one_line(lines[-1]) if lines else ""
     if "bad_alloc" in text or "Failed to allocate" in text:
         return "out of memory"
-    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class VariantWorker:

@@ -11,6 +11,11 @@ logger = logging.getLogger(__name__)
 
 ONNX_DOMAINS = ("", "ai.onnx")
 
+# The float element types whose weights and activations the passes fold and fuse.
+FLOAT_TYPES = frozenset(
+    {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+)
+
 
 def count_nodes(model: ir.Model) -> int:
     """Number of nodes in the main graph and all its subgraphs (functions excluded)."""
@@ -92,6 +97,25 @@ def fresh_name(graph: ir.Graph, base: str) -> str:
     while f"{base}_{i}" in taken:
         i += 1
     return f"{base}_{i}"
+
+
+class FreshNames:
+    """Fresh value and node names for one graph and its subgraphs, each handed out once."""
+
+    def __init__(self, graph: ir.Graph):
+        self.taken: set[str] = set(graph.initializers)
+        self.taken.update(v.name for v in graph.inputs if v.name)
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            self.taken.update(v.name for v in node.outputs if v.name)
+            if node.name:
+                self.taken.add(node.name)
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
 
 
 def per_channel(array: np.ndarray, rank: int, channels: int) -> np.ndarray | None:

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import RewriteRule
 
-from lepton_compile.passes._utils import fresh_name
+from lepton_compile.passes.rules import Rule, producer
 
 INT64_MAX = 2**63 - 1
 # Shapes and slice bounds are int64; wider results are clamped (Slice clamps them too).
@@ -163,12 +162,6 @@ def _position_skipping(index: int, taken: set[int]) -> int:
         position += 1
 
 
-def _producer(value: ir.Value) -> ir.Node:
-    node = value.producer()
-    assert node is not None
-    return node
-
-
 _ABSENT = "absent"
 
 
@@ -189,33 +182,27 @@ def _squeeze_axes(node: ir.Node) -> list[int] | str | None:
     return axes or None
 
 
-def _int64_initializer(op, graph: ir.Graph, base: str, values: Sequence[int]) -> ir.Value:
-    # Initializers, not Constant nodes: constants were lifted before simplify runs, and
-    # fusions look for initializers.
-    name = fresh_name(graph, base)
-    return op.initializer(ir.tensor(np.asarray(values, dtype=np.int64), name=name), name=name)
+def _int64(values: Sequence[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
 
 
-class _Rule(RewriteRuleClassBase):
-    """A rule that knows the model's default-domain opset and the graph it rewrites."""
+class _Rule(Rule):
+    """A rule that knows the model's default-domain opset.
+
+    New shape and axes tensors are initializers, not Constant nodes: constants were lifted
+    before simplify runs, and fusions look for initializers.
+    """
 
     def __init__(self, opset: int) -> None:
         # remove_nodes=False: a first op that another node also reads is still merged
         # into each of its readers (then dies unread) instead of blocking the match.
         super().__init__(name=type(self).__name__, remove_nodes=False)
         self.opset = opset
-        self._graph: ir.Graph | None = None
-
-    def _remember_graph(self, context) -> bool:
-        """Keep the graph new initializers go to; False if the node has none."""
-        self._graph = context.root.graph
-        return self._graph is not None
 
     def _axes_operand(self, op, base: str, axes: Sequence[int]):
         """(inputs, attributes) that carry Squeeze/Unsqueeze axes for this opset."""
         if self.opset >= 13:
-            assert self._graph is not None
-            return [_int64_initializer(op, self._graph, base, axes)], {}
+            return [self.new_initializer(op, _int64(axes), base)], {}
         return [], {"axes": list(axes)}
 
 
@@ -242,8 +229,7 @@ class NoOpBinary(_Rule):
     def pattern(self, op, a, b):
         return getattr(op, self.op_type)(a, b)
 
-    def check(self, context, a: ir.Value, b: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, a: ir.Value, b: ir.Value) -> str | None:
         neutral, positions = self._NEUTRAL[self.op_type]
         for position in positions:
             constant, x = (a, b) if position == 0 else (b, a)
@@ -253,13 +239,13 @@ class NoOpBinary(_Rule):
             if array.ndim:
                 dims = _dims(x)
                 if dims is None or len(dims) < array.ndim:
-                    return result.fail(f"{array.shape} constant may broadcast x")
+                    return f"{array.shape} constant may broadcast x"
                 for c, d in zip(reversed(array.shape), reversed(dims), strict=False):
                     if c != 1 and c != d:
-                        return result.fail(f"{array.shape} constant broadcasts x {dims}")
+                        return f"{array.shape} constant broadcasts x {dims}"
             self._x = x
-            return result
-        return result.fail(f"no operand is exactly {neutral} in a neutral position")
+            return None
+        return f"no operand is exactly {neutral} in a neutral position"
 
     def rewrite(self, op, a: ir.Value, b: ir.Value):
         return op.Identity(self._x)
@@ -275,32 +261,31 @@ class NoOpReshape(_Rule):
     def pattern(self, op, x, shape):
         return op.Reshape(x, shape, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, shape: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, x: ir.Value, shape: ir.Value, out: ir.Value) -> str | None:
         dims = _dims(x)
         if dims is None:
-            return result.fail("input shape unknown")
+            return "input shape unknown"
         target = const_ints(shape)
         if target is None:
             out_dims = _inferred_static_dims(out)
             if out_dims is not None and out_dims == dims:
-                return result  # inferred output shape equals the static input shape
-            return result.fail("shape is not constant and the output shape is not static")
+                return None  # inferred output shape equals the static input shape
+            return "shape is not constant and the output shape is not static"
         if len(target) != len(dims):
-            return result.fail(f"rank changes: {len(dims)} -> {len(target)}")
+            return f"rank changes: {len(dims)} -> {len(target)}"
         if target.count(-1) > 1:
-            return result.fail("more than one -1")
+            return "more than one -1"
         if any(d == 0 for d in dims):
-            return result.fail("input has a zero-size dim: -1 would be ambiguous")
-        allowzero = _producer(out).attributes.get_int("allowzero", 0)
+            return "input has a zero-size dim: -1 would be ambiguous"
+        allowzero = producer(out).attributes.get_int("allowzero", 0)
         for i, (t, d) in enumerate(zip(target, dims, strict=True)):
             if t == 0 and not allowzero:
                 continue  # copies dim i
             if t == -1:
                 continue  # the only dim not pinned: equal by element count
             if d is None or t != d:
-                return result.fail(f"dim {i}: {t} vs input {d if d is not None else '?'}")
-        return result
+                return f"dim {i}: {t} vs input {d if d is not None else '?'}"
+        return None
 
     def rewrite(self, op, x: ir.Value, shape: ir.Value, out: ir.Value):
         return op.Identity(x)
@@ -312,9 +297,8 @@ class NoOpPad(_Rule):
     def pattern(self, op, x):
         return op.Pad(x, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        node = _producer(out)
+    def why_not(self, context, x: ir.Value, out: ir.Value) -> str | None:
+        node = producer(out)
         pads: list[int] | None
         attr = node.attributes.get("pads") or node.attributes.get("paddings")  # opset < 11
         if attr is not None:
@@ -322,12 +306,12 @@ class NoOpPad(_Rule):
         elif len(node.inputs) > 1:
             pads = const_ints(node.inputs[1])
         else:
-            return result.fail("no pads")
+            return "no pads"
         if pads is None:
-            return result.fail("pads are not constant")
+            return "pads are not constant"
         if any(pads):
-            return result.fail(f"pads {pads} are not all zero")
-        return result
+            return f"pads {pads} are not all zero"
+        return None
 
     def rewrite(self, op, x: ir.Value, out: ir.Value):
         return op.Identity(x)
@@ -381,21 +365,20 @@ class NoOpSlice(_Rule):
     def pattern(self, op, x):
         return op.Slice(x, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        params = _slice_params(_producer(out), _rank(x))
+    def why_not(self, context, x: ir.Value, out: ir.Value) -> str | None:
+        params = _slice_params(producer(out), _rank(x))
         if isinstance(params, str):
-            return result.fail(params)
+            return params
         dims = _dims(x)
         for start, end, axis, step in zip(*params, strict=True):
             dim = dims[axis] if dims is not None and axis < len(dims) else None
             if step != 1:
-                return result.fail(f"axis {axis}: step {step}")
+                return f"axis {axis}: step {step}"
             if not (start == 0 or (dim is not None and start + dim <= 0)):
-                return result.fail(f"axis {axis}: start {start} is not the first element")
+                return f"axis {axis}: start {start} is not the first element"
             if not (end == INT64_MAX or (dim is not None and end >= dim)):
-                return result.fail(f"axis {axis}: end {end} may stop before dim {dim}")
-        return result
+                return f"axis {axis}: end {end} may stop before dim {dim}"
+        return None
 
     def rewrite(self, op, x: ir.Value, out: ir.Value):
         return op.Identity(x)
@@ -411,20 +394,19 @@ class NoOpExpand(_Rule):
     def pattern(self, op, x, shape):
         return op.Expand(x, shape)
 
-    def check(self, context, x: ir.Value, shape: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, x: ir.Value, shape: ir.Value) -> str | None:
         dims = _dims(x)
         target = const_ints(shape)
         if dims is None:
-            return result.fail("input shape unknown")
+            return "input shape unknown"
         if target is None:
-            return result.fail("shape is not constant")
+            return "shape is not constant"
         if len(target) > len(dims):
-            return result.fail("shape has a higher rank than the input")
+            return "shape has a higher rank than the input"
         for t, d in zip(reversed(target), reversed(dims), strict=False):
             if t != 1 and t != d:
-                return result.fail(f"dim {d if d is not None else '?'} broadcast to {t}")
-        return result
+                return f"dim {d if d is not None else '?'} broadcast to {t}"
+        return None
 
     def rewrite(self, op, x: ir.Value, shape: ir.Value):
         return op.Identity(x)
@@ -440,27 +422,26 @@ class SqueezeUnsqueezeCancel(_Rule):
         inner = op.Squeeze(x, _allow_other_inputs=True, _outputs=["inner"])
         return op.Unsqueeze(inner, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        squeezed = _squeeze_axes(_producer(inner))
-        unsqueezed = _squeeze_axes(_producer(out))
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
+        squeezed = _squeeze_axes(producer(inner))
+        unsqueezed = _squeeze_axes(producer(out))
         if squeezed is None or unsqueezed is None or unsqueezed == _ABSENT:
-            return result.fail("axes are not constant")
+            return "axes are not constant"
         rank = _rank(x)
         if squeezed == _ABSENT:
             dims = _static_dims(x)
             if dims is None:
-                return result.fail("Squeeze without axes on a non-static shape")
+                return "Squeeze without axes on a non-static shape"
             squeezed = [i for i, d in enumerate(dims) if d == 1]
         assert isinstance(squeezed, list) and isinstance(unsqueezed, list)
         # Unsqueeze's axes count in its output, whose rank is x's when the counts agree.
         a = _normalize_axes(squeezed, rank)
         b = _normalize_axes(unsqueezed, rank)
         if a is None or b is None:
-            return result.fail("negative axes with unknown rank, or invalid axes")
+            return "negative axes with unknown rank, or invalid axes"
         if a != b:
-            return result.fail(f"Squeeze axes {a} != Unsqueeze axes {b}")
-        return result
+            return f"Squeeze axes {a} != Unsqueeze axes {b}"
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         return op.Identity(x)
@@ -473,12 +454,11 @@ class UnsqueezeSqueezeCancel(_Rule):
         inner = op.Unsqueeze(x, _allow_other_inputs=True, _outputs=["inner"])
         return op.Squeeze(inner, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        unsqueezed = _squeeze_axes(_producer(inner))
-        squeezed = _squeeze_axes(_producer(out))
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
+        unsqueezed = _squeeze_axes(producer(inner))
+        squeezed = _squeeze_axes(producer(out))
         if unsqueezed is None or squeezed is None or unsqueezed == _ABSENT:
-            return result.fail("axes are not constant")
+            return "axes are not constant"
         assert not isinstance(unsqueezed, str)
         rank = _rank(x)
         mid_rank = rank + len(unsqueezed) if rank is not None else None
@@ -486,18 +466,18 @@ class UnsqueezeSqueezeCancel(_Rule):
             # Squeeze drops every 1: x must have none of its own.
             dims = _static_dims(x)
             if dims is None or 1 in dims:
-                return result.fail("Squeeze without axes would also drop dims of x")
-            return result
+                return "Squeeze without axes would also drop dims of x"
+            return None
         assert isinstance(squeezed, list)
         a = _normalize_axes(unsqueezed, mid_rank)
         b = _normalize_axes(squeezed, mid_rank)
         if a is None or b is None:
             if sorted(unsqueezed) == sorted(squeezed):
-                return result  # same numbers in the same tensor: same axes
-            return result.fail("negative axes with unknown rank, or invalid axes")
+                return None  # same numbers in the same tensor: same axes
+            return "negative axes with unknown rank, or invalid axes"
         if a != b:
-            return result.fail(f"Unsqueeze axes {a} != Squeeze axes {b}")
-        return result
+            return f"Unsqueeze axes {a} != Squeeze axes {b}"
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         return op.Identity(x)
@@ -513,25 +493,24 @@ class MergeUnsqueeze(_Rule):
         inner = op.Unsqueeze(x, _allow_other_inputs=True, _outputs=["inner"])
         return op.Unsqueeze(inner, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        first = _squeeze_axes(_producer(inner))
-        second = _squeeze_axes(_producer(out))
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
+        first = _squeeze_axes(producer(inner))
+        second = _squeeze_axes(producer(out))
         if not isinstance(first, list) or not isinstance(second, list):
-            return result.fail("axes are not constant")
+            return "axes are not constant"
         rank = _rank(x)
         mid = rank + len(first) if rank is not None else None
         a1 = _normalize_axes(first, mid)
         a2 = _normalize_axes(second, mid + len(second) if mid is not None else None)
         if a1 is None or a2 is None:
-            return result.fail("negative axes with unknown rank, or invalid axes")
+            return "negative axes with unknown rank, or invalid axes"
         # The second Unsqueeze's new axes sit at a2; the intermediate dims fill the other
         # positions in order, the first one's new axes among them.
         taken = set(a2)
         self._axes = sorted(taken | {_position_skipping(k, taken) for k in a1})
-        if not self._remember_graph(context):
-            return result.fail("the node is in no graph")
-        return result
+        if self.graph is None:
+            return "the node is in no graph"
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         inputs, attrs = self._axes_operand(op, f"{out.name}_axes", self._axes)
@@ -545,33 +524,32 @@ class MergeSqueeze(_Rule):
         inner = op.Squeeze(x, _allow_other_inputs=True, _outputs=["inner"])
         return op.Squeeze(inner, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        first = _squeeze_axes(_producer(inner))
-        second = _squeeze_axes(_producer(out))
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
+        first = _squeeze_axes(producer(inner))
+        second = _squeeze_axes(producer(out))
         if first is None or second is None:
-            return result.fail("axes are not constant")
+            return "axes are not constant"
         if first == _ABSENT:
             dims = _static_dims(x)
             if dims is None:
-                return result.fail("Squeeze without axes on a non-static shape")
+                return "Squeeze without axes on a non-static shape"
             first = [i for i, d in enumerate(dims) if d == 1]
         if second == _ABSENT:
             dims = _static_dims(inner)
             if dims is None:
-                return result.fail("Squeeze without axes on a non-static shape")
+                return "Squeeze without axes on a non-static shape"
             second = [i for i, d in enumerate(dims) if d == 1]
         assert isinstance(first, list) and isinstance(second, list)
         rank = _rank(x)
         a1 = _normalize_axes(first, rank)
         a2 = _normalize_axes(second, rank - len(first) if rank is not None else None)
         if a1 is None or a2 is None:
-            return result.fail("negative axes with unknown rank, or invalid axes")
+            return "negative axes with unknown rank, or invalid axes"
         taken = set(a1)
         self._axes = sorted(taken | {_position_skipping(k, taken) for k in a2})
-        if not self._remember_graph(context):
-            return result.fail("the node is in no graph")
-        return result
+        if self.graph is None:
+            return "the node is in no graph"
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         inputs, attrs = self._axes_operand(op, f"{out.name}_axes", self._axes)
@@ -592,21 +570,20 @@ class MergeReshape(_Rule):
         inner = op.Reshape(x, s1, _outputs=["inner"])
         return op.Reshape(inner, s2, _outputs=["out"])
 
-    def check(
+    def why_not(
         self, context, x: ir.Value, s1: ir.Value, s2: ir.Value, inner: ir.Value, out: ir.Value
-    ) -> MatchResult:
-        result = MatchResult()
-        if not self._remember_graph(context):
-            return result.fail("the node is in no graph")
+    ) -> str | None:
+        if self.graph is None:
+            return "the node is in no graph"
         out_dims = _inferred_static_dims(out)
         if out_dims is not None and 0 not in out_dims:
             self._shape, self._allowzero = out_dims, False
-            return result
+            return None
         second = const_ints(s2)
         if second is None:
-            return result.fail("second shape is not constant and the output is not static")
+            return "second shape is not constant and the output is not static"
         first = const_ints(s1)
-        inner_node, outer_node = _producer(inner), _producer(out)
+        inner_node, outer_node = producer(inner), producer(out)
         az1 = inner_node.attributes.get_int("allowzero", 0)
         az2 = outer_node.attributes.get_int("allowzero", 0)
         mid_dims = _dims(inner) or []
@@ -631,21 +608,19 @@ class MergeReshape(_Rule):
         if unknown == 1 and -1 not in shape:
             shape = [-1 if s is None else s for s in shape]
         elif unknown:
-            return result.fail(
-                "a `0` copies a dim of the intermediate tensor that is not known"
-                + (" and the shape also has a -1" if -1 in shape else "")
+            return "a `0` copies a dim of the intermediate tensor that is not known" + (
+                " and the shape also has a -1" if -1 in shape else ""
             )
         if literal_zero and copies_x:
-            return result.fail("mixes literal zeros (allowzero=1) with copied dims")
+            return "mixes literal zeros (allowzero=1) with copied dims"
         if literal_zero and self.opset < 14:
-            return result.fail("needs allowzero=1, which opset < 14 lacks")
+            return "needs allowzero=1, which opset < 14 lacks"
         self._shape = [int(s) for s in shape]  # type: ignore[arg-type]
         self._allowzero = literal_zero
-        return result
+        return None
 
     def rewrite(self, op, x: ir.Value, s1: ir.Value, s2: ir.Value, inner: ir.Value, out: ir.Value):
-        assert self._graph is not None
-        shape = _int64_initializer(op, self._graph, f"{out.name}_shape", self._shape)
+        shape = self.new_initializer(op, _int64(self._shape), f"{out.name}_shape")
         if self._allowzero:
             return op.Reshape(x, shape, allowzero=1)
         return op.Reshape(x, shape)
@@ -682,28 +657,27 @@ class ReshapeOfUnitTranspose(_Rule):
         transposed = op.Transpose(x, _outputs=["transposed"])
         return op.Reshape(transposed, shape, _outputs=["out"])
 
-    def check(
+    def why_not(
         self, context, x: ir.Value, shape: ir.Value, transposed: ir.Value, out: ir.Value
-    ) -> MatchResult:
-        result = MatchResult()
+    ) -> str | None:
         dims = _dims(x)
         if dims is None:
-            return result.fail("input shape unknown")
-        perm = _perm_of(_producer(transposed), len(dims))
+            return "input shape unknown"
+        perm = _perm_of(producer(transposed), len(dims))
         if perm is None or sorted(perm) != list(range(len(dims))):
-            return result.fail("perm unknown or invalid")
+            return "perm unknown or invalid"
         if not _moves_only_unit_dims(dims, perm):
-            return result.fail(f"perm {perm} reorders dims {dims}")
+            return f"perm {perm} reorders dims {dims}"
         target = const_ints(shape)
         if target is None:
-            return result.fail("shape is not constant")
-        allowzero = _producer(out).attributes.get_int("allowzero", 0)
+            return "shape is not constant"
+        allowzero = producer(out).attributes.get_int("allowzero", 0)
         new: list[int | None] = []
         for i, t in enumerate(target):
             if t != 0 or allowzero:
                 new.append(t)
             elif i >= len(perm):
-                return result.fail(f"`0` at {i} beyond the input rank")
+                return f"`0` at {i} beyond the input rank"
             elif dims[perm[i]] is not None:
                 new.append(dims[perm[i]])
             elif perm[i] == i:
@@ -713,16 +687,15 @@ class ReshapeOfUnitTranspose(_Rule):
         if new.count(None) == 1 and -1 not in new:
             new = [-1 if t is None else t for t in new]
         elif None in new:
-            return result.fail("a `0` copies a moved dim that is not static")
+            return "a `0` copies a moved dim that is not static"
         self._shape = [int(t) for t in new]  # type: ignore[arg-type]
         self._allowzero = bool(allowzero)
-        if not self._remember_graph(context):
-            return result.fail("the node is in no graph")
-        return result
+        if self.graph is None:
+            return "the node is in no graph"
+        return None
 
     def rewrite(self, op, x: ir.Value, shape: ir.Value, transposed: ir.Value, out: ir.Value):
-        assert self._graph is not None
-        new_shape = _int64_initializer(op, self._graph, f"{out.name}_shape", self._shape)
+        new_shape = self.new_initializer(op, _int64(self._shape), f"{out.name}_shape")
         if self._allowzero:
             return op.Reshape(x, new_shape, allowzero=1)
         return op.Reshape(x, new_shape)
@@ -739,13 +712,12 @@ class MergeTranspose(_Rule):
         inner = op.Transpose(x, _outputs=["inner"])
         return op.Transpose(inner, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
         perms = []
-        for node in (_producer(inner), _producer(out)):
+        for node in (producer(inner), producer(out)):
             attr = node.attributes.get("perm")
             if attr is not None and attr.is_ref():
-                return result.fail("perm is a reference attribute")
+                return "perm is a reference attribute"
             perms.append(None if attr is None else [int(p) for p in attr.as_ints()])
         p1, p2 = perms
         rank = _rank(x)
@@ -753,15 +725,15 @@ class MergeTranspose(_Rule):
             rank = len(p1) if p1 is not None else (len(p2) if p2 is not None else None)
         if p1 is None and p2 is None:
             self._perm = None  # reverse twice
-            return result
+            return None
         assert rank is not None
         p1 = p1 if p1 is not None else list(reversed(range(rank)))
         p2 = p2 if p2 is not None else list(reversed(range(rank)))
         if len(p1) != len(p2):
-            return result.fail("perms of different lengths")
+            return "perms of different lengths"
         perm = [p1[p] for p in p2]
         self._perm = None if perm == list(range(len(perm))) else perm
-        return result
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         if self._perm is None:
@@ -781,20 +753,19 @@ class MergeCast(_Rule):
         inner = op.Cast(x, _outputs=["inner"])
         return op.Cast(inner, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
         t1 = x.dtype
-        t2 = ir.DataType(_producer(inner).attributes.get_int("to", 0))
-        t3 = ir.DataType(_producer(out).attributes.get_int("to", 0))
+        t2 = ir.DataType(producer(inner).attributes.get_int("to", 0))
+        t3 = ir.DataType(producer(out).attributes.get_int("to", 0))
         if t1 is None:
-            return result.fail("input type unknown")
+            return "input type unknown"
         if t1 not in _REAL_TYPES or t3 not in _REAL_TYPES:
-            return result.fail(f"{t1.name} -> {t3.name}: not a cast between real numbers")
+            return f"{t1.name} -> {t3.name}: not a cast between real numbers"
         exact = t2 == t1 or t2 in _EXACT_INTO.get(t1, frozenset())
         if not exact and (t2, t3) not in _INNOCUOUS_DOUBLE_ROUNDING:
-            return result.fail(f"{t1.name} -> {t2.name} loses information")
+            return f"{t1.name} -> {t2.name} loses information"
         self._to = None if t3 == t1 else t3
-        return result
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         if self._to is None:
@@ -819,13 +790,12 @@ class MergeSlices(_Rule):
         inner = op.Slice(x, _allow_other_inputs=True, _outputs=["inner"])
         return op.Slice(inner, _allow_other_inputs=True, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, x: ir.Value, inner: ir.Value, out: ir.Value) -> str | None:
         rank = _rank(x)
-        first = _slice_params(_producer(inner), rank)
-        second = _slice_params(_producer(out), rank)
+        first = _slice_params(producer(inner), rank)
+        second = _slice_params(producer(out), rank)
         if isinstance(first, str) or isinstance(second, str):
-            return result.fail(f"{first if isinstance(first, str) else second}")
+            return f"{first if isinstance(first, str) else second}"
         dims = _dims(x) or []
         mid_dims = _dims(inner) or []
         by_axis: dict[int, tuple[int, int, int]] = {}
@@ -837,11 +807,11 @@ class MergeSlices(_Rule):
                 continue
             s1, e1, k1 = by_axis[axis]
             if k1 < 0 or k2 < 0:
-                return result.fail(f"axis {axis}: negative step")
+                return f"axis {axis}: negative step"
             dim = dims[axis] if axis < len(dims) else None
             if s1 < 0 or e1 < 0:
                 if dim is None:
-                    return result.fail(f"axis {axis}: negative bound and unknown dim")
+                    return f"axis {axis}: negative bound and unknown dim"
                 s1, e1 = max(0, s1 + dim) if s1 < 0 else s1, max(0, e1 + dim) if e1 < 0 else e1
             if s2 < 0 or e2 < 0:
                 mid = mid_dims[axis] if axis < len(mid_dims) else None
@@ -849,28 +819,27 @@ class MergeSlices(_Rule):
                     lo, hi = min(s1, dim), min(e1, dim)
                     mid = max(0, math.ceil((hi - lo) / k1))
                 if mid is None:
-                    return result.fail(f"axis {axis}: negative bound and unknown dim")
+                    return f"axis {axis}: negative bound and unknown dim"
                 s2, e2 = max(0, s2 + mid) if s2 < 0 else s2, max(0, e2 + mid) if e2 < 0 else e2
             step = k1 * k2
             if step > INT64_MAX:
-                return result.fail(f"axis {axis}: step overflows")
+                return f"axis {axis}: step overflows"
             by_axis[axis] = (_clamp64(s1 + k1 * s2), _clamp64(min(e1, s1 + k1 * e2)), step)
         axes = sorted(by_axis)
         self._params = [[by_axis[a][i] for a in axes] for i in range(3)]
         self._params.insert(2, axes)
         if self.opset < 10 and any(s != 1 for s in self._params[3]):
-            return result.fail("opset < 10 Slice has no steps")
-        if not self._remember_graph(context):
-            return result.fail("the node is in no graph")
-        return result
+            return "opset < 10 Slice has no steps"
+        if self.graph is None:
+            return "the node is in no graph"
+        return None
 
     def rewrite(self, op, x: ir.Value, inner: ir.Value, out: ir.Value):
         starts, ends, axes, steps = self._params
         if self.opset < 10:
             return op.Slice(x, starts=starts, ends=ends, axes=axes)
-        assert self._graph is not None
         values = [
-            _int64_initializer(op, self._graph, f"{out.name}_{suffix}", array)
+            self.new_initializer(op, _int64(array), f"{out.name}_{suffix}")
             for suffix, array in zip(("starts", "ends", "axes", "steps"), self._params, strict=True)
         ]
         return op.Slice(x, *values)
@@ -925,23 +894,22 @@ class ReshapeShapeFromInput(_Rule):
     def pattern(self, op, x, shape):
         return op.Reshape(x, shape, _outputs=["out"])
 
-    def check(self, context, x: ir.Value, shape: ir.Value, out: ir.Value) -> MatchResult:
-        result = MatchResult()
+    def why_not(self, context, x: ir.Value, shape: ir.Value, out: ir.Value) -> str | None:
         concat = shape.producer()
         if concat is None or concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx"):
-            return result.fail("shape is not built by Concat")
-        allowzero = _producer(out).attributes.get_int("allowzero", 0)
+            return "shape is not built by Concat"
+        allowzero = producer(out).attributes.get_int("allowzero", 0)
         entries: list[int | None] = []
         for piece in concat.inputs:
             if piece is None:
-                return result.fail("missing Concat input")
+                return "missing Concat input"
             literal = const_ints(piece)
             if literal is not None:
                 entries.extend(literal)
                 continue
             refs = _shape_refs(piece)
             if refs is None:
-                return result.fail(f"{piece.name} is neither constant nor a dim read off Shape")
+                return f"{piece.name} is neither constant nor a dim read off Shape"
             for tensor, dim in refs:
                 position = len(entries)
                 static = _dims(tensor)
@@ -955,17 +923,16 @@ class ReshapeShapeFromInput(_Rule):
         if unknown == 1 and -1 not in entries:
             entries = [-1 if e is None else e for e in entries]
         elif unknown:
-            return result.fail(f"{unknown} dims are neither static nor x's own")
+            return f"{unknown} dims are neither static nor x's own"
         if allowzero and 0 in entries:
-            return result.fail("allowzero=1 with a zero dim")
+            return "allowzero=1 with a zero dim"
         self._shape = [int(e) for e in entries]  # type: ignore[arg-type]
-        if not self._remember_graph(context):
-            return result.fail("the node is in no graph")
-        return result
+        if self.graph is None:
+            return "the node is in no graph"
+        return None
 
     def rewrite(self, op, x: ir.Value, shape: ir.Value, out: ir.Value):
-        assert self._graph is not None
-        new_shape = _int64_initializer(op, self._graph, f"{out.name}_shape", self._shape)
+        new_shape = self.new_initializer(op, _int64(self._shape), f"{out.name}_shape")
         return op.Reshape(x, new_shape)
 
 
@@ -984,31 +951,30 @@ class FoldShapeGather(_Rule):
         shape = op.Shape(x, _outputs=["shape"])
         return op.Gather(shape, indices, _outputs=["out"])
 
-    def check(
+    def why_not(
         self, context, x: ir.Value, indices: ir.Value, shape: ir.Value, out: ir.Value
-    ) -> MatchResult:
-        result = MatchResult()
+    ) -> str | None:
         dims = _dims(x)
         if dims is None:
-            return result.fail("input shape unknown")
-        shape_node = _producer(shape)
+            return "input shape unknown"
+        shape_node = producer(shape)
         start = shape_node.attributes.get_int("start", 0)
         end = shape_node.attributes.get_int("end", len(dims))
         dims = dims[slice(start, end)]
-        if _producer(out).attributes.get_int("axis", 0) not in (0, -1):
-            return result.fail("axis is not 0")
+        if producer(out).attributes.get_int("axis", 0) not in (0, -1):
+            return "axis is not 0"
         index = _const_array(indices)
         if index is None or index.ndim > 1 or not np.issubdtype(index.dtype, np.integer):
-            return result.fail("indices are not a constant scalar or 1-D tensor")
+            return "indices are not a constant scalar or 1-D tensor"
         picked = []
         for i in index.reshape(-1).tolist():
             if not -len(dims) <= i < len(dims):
-                return result.fail(f"index {i} out of range")
+                return f"index {i} out of range"
             if dims[i] is None:
-                return result.fail(f"dim {i} is not static")
+                return f"dim {i} is not static"
             picked.append(dims[i])
         self._value = np.asarray(picked, np.int64).reshape(index.shape)
-        return result
+        return None
 
     def rewrite(self, op, x: ir.Value, indices: ir.Value, shape: ir.Value, out: ir.Value):
         # A Constant node: the folder folds what reads it, and lift-constants follows.

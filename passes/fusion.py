@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript import rewriter
 from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
-from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
+from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter.rules.common import (
     _fuse_batchnorm,
     _fuse_hardswish,
@@ -21,12 +18,15 @@ from onnxscript.rewriter.rules.common import (
 )
 
 from lepton_compile.passes._utils import (
+    FLOAT_TYPES,
     const_array,
     fresh_name,
     onnx_opset,
     per_channel,
     private_initializer,
 )
+from lepton_compile.passes.errors import one_line
+from lepton_compile.passes.rules import Rule, apply_rules, producer
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +66,10 @@ class QuietShapeInferencePass(common_passes.ShapeInferencePass):
         finally:
             source.removeFilter(failure)
         if failure.error is not None:
-            first = str(failure.error).strip().splitlines()
             logger.info(
-                "shape inference failed, shapes left as they were: %s",
-                first[0][:300] if first else type(failure.error).__name__,
+                "shape inference failed, shapes left as they were: %s", one_line(failure.error)
             )
         return result
-
-
-_FLOAT_TYPES = frozenset(
-    {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
-)
 
 
 def _batchnorm_is_inference(bn: ir.Node, opset: int | None) -> str | None:
@@ -124,15 +117,14 @@ class _SafeFuseBatchNorm:
         result = super().check(context, x, inbound_out, batchnorm_out)  # type: ignore[misc]
         if not result:
             return result
-        bn = batchnorm_out.producer()
-        inbound = inbound_out.producer()
-        assert bn is not None and inbound is not None
+        bn = producer(batchnorm_out)
+        inbound = producer(inbound_out)
         if (reason := _batchnorm_is_inference(bn, onnx_opset(context.model))) is not None:
             return result.fail(reason)
         weight = inbound.inputs[1]
         w = const_array(weight)
         assert weight is not None and w is not None  # checked by the base rule
-        if weight.dtype not in _FLOAT_TYPES:
+        if weight.dtype not in FLOAT_TYPES:
             return result.fail(f"weights are {weight.dtype}")
         channels = self._channels(inbound, w)
         if channels is None:
@@ -175,32 +167,6 @@ class _FuseBatchNormIntoGemm(_SafeFuseBatchNorm, _fuse_batchnorm.FuseBatchNormIn
         return int(w.shape[0] if inbound.attributes.get_int("transB", 0) else w.shape[1])
 
 
-def _apply_rules(model: ir.Model, rules: list[RewriteRule]) -> bool:
-    modified = rewriter.RewritePass(rules)(model).modified
-    if modified:
-        # Replaced weights and BatchNorm statistics are left behind as unused initializers.
-        common_passes.RemoveUnusedNodesPass()(model)
-    return modified
-
-
-def rejections(model: ir.Model, rules: Sequence[RewriteRule]) -> list[tuple[str, str, str]]:
-    """(rule, node, reason) for every match a rule's check turned down; `model` is unchanged.
-
-    For "why did this not fuse?": the rules run with onnxscript's matching tracer, which
-    keeps each rule's most complete failed matches.
-    """
-    tracer = MatchingTracer()
-    RewriteRuleSet(list(rules)).apply_to_model(model, tracer=tracer)
-    found = []
-    for rule, matches in tracer.best_matches_map.items():
-        for info in matches:
-            if info.status == MatchStatus.CONDITION_FAILED:
-                name = rule.name or type(rule).__name__
-                root = info.root_node
-                found.append((name, root.name or root.op_type, info.match_result.reason))
-    return found
-
-
 class FuseBatchNormPass(ir.passes.InPlacePass):
     """BatchNormalization(Conv|ConvTranspose|Gemm(x)) -> Conv|ConvTranspose|Gemm, folded weights.
 
@@ -223,7 +189,7 @@ class FuseBatchNormPass(ir.passes.InPlacePass):
             rules.append(_FuseBatchNormIntoConvTranspose().rule())
         if self.gemm:
             rules.append(_FuseBatchNormIntoGemm().rule())
-        return ir.passes.PassResult(model, _apply_rules(model, rules))
+        return ir.passes.PassResult(model, apply_rules(model, rules))
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,7 +217,7 @@ def _affine_operand(
     return vector, ""
 
 
-class _ConvAffine(RewriteRuleClassBase):
+class _ConvAffine(Rule):
     """Op(Conv(x, w, b), c) with c constant per output channel -> Conv(x, w', b')."""
 
     op_type: ClassVar[str]
@@ -260,35 +226,32 @@ class _ConvAffine(RewriteRuleClassBase):
         conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
         return getattr(op, self.op_type)(conv, c)
 
-    def check(self, context, x, c, conv_out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        conv = conv_out.producer()
-        assert conv is not None
+    def why_not(self, context, x, c, conv_out: ir.Value) -> str | None:
+        conv = producer(conv_out)
         if len(conv.inputs) < 2:
-            return result.fail("Conv has no weights")
+            return "Conv has no weights"
         weight, bias = conv.inputs[1], conv.inputs[2] if len(conv.inputs) > 2 else None
         if not private_initializer(weight, {conv}):
-            return result.fail("Conv weights are not a private constant initializer")
+            return "Conv weights are not a private constant initializer"
         if bias is not None and not private_initializer(bias, {conv}):
-            return result.fail("Conv bias is not a private constant initializer")
+            return "Conv bias is not a private constant initializer"
         assert weight is not None
-        if weight.dtype not in _FLOAT_TYPES:
-            return result.fail(f"weights are {weight.dtype}")
+        if weight.dtype not in FLOAT_TYPES:
+            return f"weights are {weight.dtype}"
         w = const_array(weight)
         assert w is not None
         if w.ndim < 3:
-            return result.fail(f"weights have rank {w.ndim}")
+            return f"weights have rank {w.ndim}"
         vector, reason = _affine_operand(c, w.ndim, int(w.shape[0]), weight.dtype)
         if vector is None:
-            return result.fail(reason)
+            return reason
         if bias is None and (graph := conv.graph) is not None:
             self._bias_name = fresh_name(graph, f"{weight.name}_bias")
         self._vector = vector
-        return result
+        return None
 
     def rewrite(self, op, x, c, conv_out: ir.Value):
-        conv = conv_out.producer()
-        assert conv is not None
+        conv = producer(conv_out)
         weight, bias = conv.inputs[1], conv.inputs[2] if len(conv.inputs) > 2 else None
         assert weight is not None
         w = const_array(weight)
@@ -332,7 +295,7 @@ class _ConvAdd(_ConvAffine):
         return None, np.broadcast_to(b.reshape(-1).astype(np.float64) + vector, vector.shape)
 
 
-class _BatchNormAffine(RewriteRuleClassBase):
+class _BatchNormAffine(Rule):
     """Op(BatchNormalization(x), c) with c constant per channel -> BatchNormalization."""
 
     op_type: ClassVar[str]
@@ -341,30 +304,27 @@ class _BatchNormAffine(RewriteRuleClassBase):
         bn = op.BatchNormalization(x, scale, bias, mean, var, _outputs=["bn_out"])
         return getattr(op, self.op_type)(bn, c)
 
-    def check(self, context, x, scale, bias, mean, var, c, bn_out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        bn = bn_out.producer()
-        assert bn is not None
+    def why_not(self, context, x, scale, bias, mean, var, c, bn_out: ir.Value) -> str | None:
+        bn = producer(bn_out)
         if (reason := _batchnorm_is_inference(bn, onnx_opset(context.model))) is not None:
-            return result.fail(reason)
+            return reason
         if not (private_initializer(scale, {bn}) and private_initializer(bias, {bn})):
-            return result.fail("BatchNormalization scale/bias are not private initializers")
-        if scale.dtype not in _FLOAT_TYPES:
-            return result.fail(f"scale is {scale.dtype}")
+            return "BatchNormalization scale/bias are not private initializers"
+        if scale.dtype not in FLOAT_TYPES:
+            return f"scale is {scale.dtype}"
         channels = int(const_array(scale).size)  # type: ignore[union-attr]
         if (reason := _batchnorm_params_ok(bn, channels, scale.dtype)) is not None:
-            return result.fail(reason)
+            return reason
         shape = x.shape if x.shape is not None else bn_out.shape
         rank = len(shape) if shape is not None else None
         vector, reason = _affine_operand(c, rank, channels, scale.dtype)
         if vector is None:
-            return result.fail(reason)
+            return reason
         self._vector = vector
-        return result
+        return None
 
     def rewrite(self, op, x, scale, bias, mean, var, c, bn_out: ir.Value):
-        bn = bn_out.producer()
-        assert bn is not None
+        bn = producer(bn_out)
         s, b = const_array(scale), const_array(bias)
         assert s is not None and b is not None
         new_s, new_b = self._fold(s.astype(np.float64), b.astype(np.float64), self._vector)
@@ -408,7 +368,7 @@ class FuseChannelAffinePass(ir.passes.InPlacePass):
         if self.batchnorm:
             classes += [_BatchNormMul, _BatchNormAdd]
         rules = [r for cls in classes for r in cls.rule().commute()]
-        return ir.passes.PassResult(model, _apply_rules(model, rules))
+        return ir.passes.PassResult(model, apply_rules(model, rules))
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,6 +379,16 @@ def _dims_match(a: Any, b: Any) -> bool:
     if isinstance(a, int) or isinstance(b, int):
         return a == b
     return a is not None and b is not None and a == b and a.value is not None
+
+
+def gemm_reason(opset: int | None, dtype: ir.DataType | None) -> str | None:
+    """Why a Gemm cannot take `dtype` inputs at default-domain `opset`, None if it can."""
+    if opset is None or opset < 7:
+        return f"Gemm at opset {opset} needs the broadcast attribute"
+    allowed = FLOAT_TYPES if opset >= 13 else FLOAT_TYPES - {ir.DataType.BFLOAT16}
+    if dtype not in allowed:
+        return f"Gemm does not take {dtype} at opset {opset}"
+    return None
 
 
 class _LegalGemm:
@@ -439,12 +409,8 @@ class _LegalGemm:
         if not result:
             return result
         input_a, input_b, input_c = kwargs["input_a"], kwargs["input_b"], kwargs["input_c"]
-        opset = onnx_opset(context.model)
-        if opset is None or opset < 7:
-            return result.fail(f"Gemm at opset {opset} needs the broadcast attribute")
-        allowed = set(_FLOAT_TYPES) if opset >= 13 else _FLOAT_TYPES - {ir.DataType.BFLOAT16}
-        if input_a.dtype not in allowed:
-            return result.fail(f"Gemm does not take {input_a.dtype} at opset {opset}")
+        if (reason := gemm_reason(onnx_opset(context.model), input_a.dtype)) is not None:
+            return result.fail(reason)
         if input_c.shape is None:
             return result.fail("shape of the Add operand is unknown")
         m = input_a.shape[1 if self.trans_a else 0]
@@ -504,7 +470,7 @@ class FuseMatMulAddPass(ir.passes.InPlacePass):
                 *classes,
             ]
         rules = [r for cls in classes for r in cls.rule().commute()]
-        return ir.passes.PassResult(model, _apply_rules(model, rules))
+        return ir.passes.PassResult(model, apply_rules(model, rules))
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,7 +484,7 @@ class _FloatInputMixin:
         # The rewriter passes the pattern's bindings as keywords.
         result = super().check(context, *args, **kwargs)  # type: ignore[misc]
         x = kwargs["x"]
-        if result and x.dtype not in _FLOAT_TYPES:
+        if result and x.dtype not in FLOAT_TYPES:
             return result.fail(f"input is {x.dtype}")
         return result
 
@@ -572,7 +538,7 @@ class FuseHardSwishPass(ir.passes.InPlacePass):
         else:
             classes = [_HardSwishAsHardSigmoidMul, _HardSigmoidFusion]
         rules = [r for cls in classes for r in cls.rule().commute()]
-        return ir.passes.PassResult(model, _apply_rules(model, rules))
+        return ir.passes.PassResult(model, apply_rules(model, rules))
 
 
 # ---------------------------------------------------------------------------------------
@@ -581,7 +547,7 @@ class FuseHardSwishPass(ir.passes.InPlacePass):
 # reaches ONNX as MatMul -> BatchNormalization.
 
 
-class _MatMulBatchNorm(RewriteRuleClassBase):
+class _MatMulBatchNorm(Rule):
     """BatchNormalization(MatMul(a, b)) with one constant 2-D operand -> folded weights.
 
     BatchNormalization scales axis 1 of its input. That axis is the constant operand's
@@ -601,44 +567,39 @@ class _MatMulBatchNorm(RewriteRuleClassBase):
         mm = op.MatMul(a, b, _outputs=["mm_out"])
         return op.BatchNormalization(mm, scale, bias, mean, var, _outputs=["bn_out"])
 
-    def check(
+    def why_not(
         self, context, a, b, scale, bias, mean, var, mm_out: ir.Value, bn_out: ir.Value
-    ) -> MatchResult:
-        result = MatchResult()
-        bn = bn_out.producer()
-        mm = mm_out.producer()
-        assert bn is not None and mm is not None
+    ) -> str | None:
+        bn = producer(bn_out)
+        mm = producer(mm_out)
         opset = onnx_opset(context.model)
         if (reason := _batchnorm_is_inference(bn, opset)) is not None:
-            return result.fail(reason)
+            return reason
         if private_initializer(b, {mm}) and a.shape is not None and len(a.shape) == 2:
             weight, side = b, "right"
         elif private_initializer(a, {mm}) and b.shape is not None and len(b.shape) == 3:
             weight, side = a, "left"
         else:
-            return result.fail(
-                "neither (a rank 2, b a private constant) nor (a a private constant, b rank 3)"
-            )
+            return "neither (a rank 2, b a private constant) nor (a a private constant, b rank 3)"
         w = const_array(weight)
         assert w is not None
         if w.ndim != 2:
-            return result.fail(f"constant operand has rank {w.ndim}, expected 2")
-        if weight.dtype not in _FLOAT_TYPES:
-            return result.fail(f"weights are {weight.dtype}")
+            return f"constant operand has rank {w.ndim}, expected 2"
+        if weight.dtype not in FLOAT_TYPES:
+            return f"weights are {weight.dtype}"
         other = a if side == "right" else b
         if other.dtype != weight.dtype:
-            return result.fail(f"operands are {other.dtype} and {weight.dtype}")
+            return f"operands are {other.dtype} and {weight.dtype}"
         channels = int(w.shape[1] if side == "right" else w.shape[0])
         if (reason := _batchnorm_params_ok(bn, channels, weight.dtype)) is not None:
-            return result.fail(reason)
+            return reason
         self._side = side
         graph = context.graph_or_function
         self._bias_name = fresh_name(graph, f"{weight.name}_bn_bias")
-        return result
+        return None
 
     def rewrite(self, op, a, b, scale, bias, mean, var, mm_out: ir.Value, bn_out: ir.Value):
-        bn = bn_out.producer()
-        assert bn is not None
+        bn = producer(bn_out)
         eps = bn.attributes.get_float("epsilon", 1e-5)
         arrays = [const_array(v) for v in (scale, bias, mean, var)]
         gamma, beta, mu, sigma2 = (x.astype(np.float64) for x in arrays)  # type: ignore[union-attr]
@@ -667,7 +628,7 @@ class FuseMatMulBatchNormPass(ir.passes.InPlacePass):
         return [_MatMulBatchNorm.rule()]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, _apply_rules(model, self.rules()))
+        return ir.passes.PassResult(model, apply_rules(model, self.rules()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -738,7 +699,7 @@ def _lower_bound(value: ir.Value) -> float | None:
     return None
 
 
-class _FusePad(RewriteRuleClassBase):
+class _FusePad(Rule):
     """Op(Pad(x)) -> Op(x) with the Pad's spatial pads added to Op's own `pads`.
 
     remove_nodes=False: a Pad that other nodes also read stays for them (and goes away
@@ -754,22 +715,20 @@ class _FusePad(RewriteRuleClassBase):
         padded = op.Pad(x, _allow_other_inputs=True, _outputs=["pad_out"])
         return getattr(op, self.op_type)(padded, _allow_other_inputs=True, _outputs=["op_out"])
 
-    def check(self, context, x: ir.Value, pad_out: ir.Value, op_out: ir.Value) -> MatchResult:
-        result = MatchResult()
-        pad, node = pad_out.producer(), op_out.producer()
-        assert pad is not None and node is not None
+    def why_not(self, context, x: ir.Value, pad_out: ir.Value, op_out: ir.Value) -> str | None:
+        pad, node = producer(pad_out), producer(op_out)
         if node.inputs[0] is not pad_out:
-            return result.fail(f"the Pad feeds {self.op_type}'s weights, not its data input")
+            return f"the Pad feeds {self.op_type}'s weights, not its data input"
         rank = self._rank(node)
         if rank is None:
-            return result.fail(f"rank of the {self.op_type} input is unknown")
+            return f"rank of the {self.op_type} input is unknown"
         spec = _pad_spec(pad, rank)
         if isinstance(spec, str):
-            return result.fail(spec)
+            return spec
         pads, value = spec
         auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
         if auto_pad not in ("NOTSET", "VALID"):
-            return result.fail(f"{self.op_type} has auto_pad={auto_pad}")
+            return f"{self.op_type} has auto_pad={auto_pad}"
         own = list(node.attributes.get_ints("pads", [0] * 2 * (rank - 2)))
         if auto_pad == "VALID":
             own = [0] * 2 * (rank - 2)
@@ -777,9 +736,9 @@ class _FusePad(RewriteRuleClassBase):
         merged = [p + q for p, q in zip(own, spatial, strict=True)]
         opset = onnx_opset(context.model) or 0
         if (reason := self._check_op(node, x, value, own, merged, opset)) is not None:
-            return result.fail(reason)
+            return reason
         self._merged = merged
-        return result
+        return None
 
     def _rank(self, node: ir.Node) -> int | None:
         kernel = node.attributes.get_ints("kernel_shape")
@@ -802,8 +761,7 @@ class _FusePad(RewriteRuleClassBase):
         return attrs
 
     def rewrite(self, op, x: ir.Value, pad_out: ir.Value, op_out: ir.Value):
-        node = op_out.producer()
-        assert node is not None
+        node = producer(op_out)
         return op.op(self.op_type, x, *node.inputs[1:], **self._attributes(node))
 
 
@@ -906,4 +864,4 @@ class FusePadPass(ir.passes.InPlacePass):
         return [cls.rule() for cls in classes]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, _apply_rules(model, self.rules()))
+        return ir.passes.PassResult(model, apply_rules(model, self.rules()))

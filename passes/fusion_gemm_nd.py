@@ -28,8 +28,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
-from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import RewriteRule
 
 from lepton_compile.passes._utils import (
     allow_private_initializers,
@@ -40,12 +39,11 @@ from lepton_compile.passes._utils import (
     onnx_opset,
 )
 from lepton_compile.passes.cleanup import CommonSubexpressionEliminationPass, SimplifyPass
+from lepton_compile.passes.fusion import gemm_reason
+from lepton_compile.passes.rules import Rule
 
 logger = logging.getLogger(__name__)
 
-_FLOAT_TYPES = frozenset(
-    {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
-)
 
 # Ops that compute each output element from the same element of every input (inputs of
 # one shape, or constants of rank <= 1 broadcast along the last axis): they give the
@@ -125,7 +123,7 @@ class _ShapeConstants:
         return value
 
 
-class _MatMulAddNd(RewriteRuleClassBase):
+class _MatMulAddNd(Rule):
     """Add(MatMul(a[..., K], b[K, N]), c[N]) -> Reshape(Gemm(Reshape(a, [M, K]), b, c), [..., N]).
 
     a needs a static shape of rank >= 3 (rank 2 is fuse-matmul-add's), b a constant
@@ -140,52 +138,46 @@ class _MatMulAddNd(RewriteRuleClassBase):
     def pattern(self, op, a, b, c):
         return op.Add(op.MatMul(a, b, _outputs=["mm"]), c, _outputs=["out"])
 
-    def check(
+    def why_not(
         self, context, a: ir.Value, b: ir.Value, c: ir.Value, mm: ir.Value, out: ir.Value
-    ) -> MatchResult:
-        result = MatchResult()
-        graph = context.graph_or_function
-        if not isinstance(graph, ir.Graph):
-            return result.fail("inside a function: shapes there are not static")
-        opset = onnx_opset(context.model)
-        if opset is None or opset < 7:
-            return result.fail(f"Gemm at opset {opset} needs the broadcast attribute")
-        allowed = set(_FLOAT_TYPES) if opset >= 13 else _FLOAT_TYPES - {ir.DataType.BFLOAT16}
-        if a.dtype not in allowed:
-            return result.fail(f"Gemm does not take {a.dtype} at opset {opset}")
+    ) -> str | None:
+        if not isinstance(context.graph_or_function, ir.Graph):
+            return "inside a function: shapes there are not static"
+        if (reason := gemm_reason(onnx_opset(context.model), a.dtype)) is not None:
+            return reason
         if b.dtype != a.dtype or c.dtype != a.dtype:
-            return result.fail("dtype mismatch")
+            return "dtype mismatch"
         a_dims = _static_dims(a)
         if a_dims is None:
-            return result.fail(f"shape of {a.name} is not static ({a.shape})")
+            return f"shape of {a.name} is not static ({a.shape})"
         if len(a_dims) < 3:
-            return result.fail(f"{a.name} has rank {len(a_dims)}: fuse-matmul-add's case")
+            return f"{a.name} has rank {len(a_dims)}: fuse-matmul-add's case"
         if 0 in a_dims:
-            return result.fail(f"{a.name} is empty")
+            return f"{a.name} is empty"
         w = const_array(b)
         if w is None or b.is_graph_input():
-            return result.fail(f"{b.name} is not a constant the user cannot feed")
+            return f"{b.name} is not a constant the user cannot feed"
         if w.ndim != 2:
-            return result.fail(f"{b.name} has rank {w.ndim}, Gemm takes 2")
+            return f"{b.name} has rank {w.ndim}, Gemm takes 2"
         k, n = (int(d) for d in w.shape)
         if a_dims[-1] != k:
-            return result.fail(f"{a.name} {a_dims} @ {b.name} {list(w.shape)}")
+            return f"{a.name} {a_dims} @ {b.name} {list(w.shape)}"
         bias = const_array(c)
         if bias is None or c.is_graph_input():
-            return result.fail(f"{c.name} is not a constant the user cannot feed")
+            return f"{c.name} is not a constant the user cannot feed"
         if bias.shape != (n,):
             # (1, ..., N) would grow the output's rank, (M, N) is not one row per output.
-            return result.fail(f"{c.name} has shape {list(bias.shape)}, not [{n}]")
+            return f"{c.name} has shape {list(bias.shape)}, not [{n}]"
         if mm.is_graph_output():
-            return result.fail(f"{mm.name} is a graph output")
+            return f"{mm.name} is a graph output"
         m = math.prod(a_dims[:-1])
-        self._graph = graph
         self._dims = (m, k, n, [*a_dims[:-1], n])
-        return result
+        return None
 
     def rewrite(self, op, a: ir.Value, b: ir.Value, c: ir.Value, mm: ir.Value, out: ir.Value):
         m, k, n, out_dims = self._dims
-        graph = self._graph
+        graph = self.graph
+        assert graph is not None
         flat = op.Reshape(a, self._shapes.get(graph, [m, k], "gemm_nd_in_shape"))
         flat.dtype, flat.shape = a.dtype, ir.Shape([m, k])
         product = op.Gemm(flat, b, c)

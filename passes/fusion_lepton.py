@@ -39,8 +39,9 @@ from lepton_compile.contract import (
 )
 from lepton_compile.passes import lepton_ops
 from lepton_compile.passes._utils import const_array, fresh_name, is_onnx_op, onnx_opset
-from lepton_compile.passes.fusion import QuietShapeInferencePass, _apply_rules
+from lepton_compile.passes.fusion import QuietShapeInferencePass
 from lepton_compile.passes.lepton_ops import FLOAT_TYPES
+from lepton_compile.passes.rules import apply_rules as _apply_rules
 
 logger = logging.getLogger(__name__)
 

@@ -25,21 +25,19 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase, RewriteRuleSet, pattern
+from onnxscript.rewriter import RewriteRule, RewriteRuleSet, pattern
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._ir_utils import get_numpy_value
 
-from lepton_compile.passes._utils import fresh_name, onnx_opset
+from lepton_compile.passes._utils import FLOAT_TYPES, onnx_opset
 from lepton_compile.passes.fusion import QuietShapeInferencePass
+from lepton_compile.passes.rules import Rule
 
 logger = logging.getLogger(__name__)
 
 PATTERN_KEY = "lepton.pattern"
 PATTERN_ID_KEY = "lepton.pattern.id"
 
-_FLOAT_TYPES = frozenset(
-    {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
-)
 # Tolerance for the formula constants: exporters write sqrt(2) as 1.4142 or 1.4142135.
 _CONST_RTOL = 1e-4
 
@@ -132,16 +130,15 @@ def _expect(value: ir.Value | None, x: ir.Value | None, what: str, expected: flo
 
 
 def _float_input(x: ir.Value) -> str | None:
-    if x.dtype not in _FLOAT_TYPES:
+    if x.dtype not in FLOAT_TYPES:
         return f"input is {x.dtype}, not a float type"
     return None
 
 
-class _Rule(RewriteRuleClassBase):
-    """Base of our rules: `why_not` returns a reason or None; `check` records the reason.
+class _Rule(Rule):
+    """Base of this module's rules: rejections go to the pass's log, what a check learns to
+    `info`.
 
-    The rewriter calls check(context, **bindings) after a structural match and
-    rewrite(op, **bindings) if it passed; both see every pattern variable by name.
     `roots` (the op types the pattern can end in) and `anchor` (op types one of which
     lies at most `depth` producers above the root) only make matching cheaper: commuted
     variants multiply (256 for the tanh GELU), and most nodes need not try any.
@@ -155,21 +152,13 @@ class _Rule(RewriteRuleClassBase):
         self._log = log
         # What the last successful check learned, for rewrite() and for annotations.
         self.info: dict[str, Any] = {}
-        self._graph: Any = None
 
-    # onnxscript names the first parameter `op`; it is passed positionally.
-    def check(self, context: Any, *_: Any, **bindings: Any) -> MatchResult:  # type: ignore[override]
-        result = MatchResult()
+    def check(self, context: Any, *args: Any, **bindings: Any) -> MatchResult:  # type: ignore[override]
         self.info = {}
-        self._graph = context.graph_or_function
-        reason = self.why_not(context, **bindings)
-        if reason is not None:
-            self._log.reject(self.name, context.root, reason)
-            return result.fail(reason)
-        return result
+        return super().check(context, *args, **bindings)
 
-    # why_not(context, **bindings) -> None if the match may be rewritten, else the reason.
-    why_not: Callable[..., str | None]
+    def rejected(self, node: ir.Node, reason: str) -> None:
+        self._log.reject(self.name, node, reason)
 
     def rules(self) -> list[RewriteRule]:
         """This rule with every order of the operands of its Add/Mul nodes."""
@@ -194,9 +183,6 @@ class _Rule(RewriteRuleClassBase):
             frontier = [p for p in producers if p is not None and p not in seen]
             seen.update(frontier)
         return False
-
-    def new_initializer(self, op: Any, array: np.ndarray, base: str) -> ir.Value:
-        return op.initializer(ir.tensor(array), name=fresh_name(self._graph, base))
 
 
 class _DetectOnly(_Rule):

@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from lepton_compile.passes.errors import one_line
 from lepton_compile.passes.instruments import (
     InstrumentedPipeline,
     PassInstrument,
@@ -31,7 +32,6 @@ from lepton_compile.passes.verify import (
     UnverifiableError,
     VerificationReport,
     check_model,
-    one_line,
 )
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from lepton_compile.passes.ort_session import session
+
 _NP_TYPES: dict[int, type] = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.DOUBLE: np.float64,
@@ -62,15 +64,7 @@ def random_inputs(
 
 def run_ort(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs on ORT's CPU provider with ORT's own graph optimizations off."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, dict(feeds))
+    return session(model).run(None, dict(feeds))
 
 
 def assert_same_outputs(

@@ -8,22 +8,21 @@ difference), and `Reference.check(candidate)` says why a candidate differs, or N
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import EncodeError
 from onnx import helper
 
-from lepton_compile.passes.model_size import over_limit
+from lepton_compile.passes import ort_session
+from lepton_compile.passes.errors import one_line
+from lepton_compile.passes.model_size import model_source
 from lepton_compile.passes.testing import graph_inputs
+from lepton_compile.passes.walk import model_nodes, proto_graphs
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +49,6 @@ def _is_random(node: onnx.NodeProto) -> bool:
         return True
     # Dropout draws only in training mode, which needs its third input.
     return node.op_type == "Dropout" and len(node.input) >= 3 and bool(node.input[2])
-
-
-@contextlib.contextmanager
-def _source(model: onnx.ModelProto) -> Iterator[bytes | str]:
-    """What onnx.checker and onnxruntime read the model from: its bytes, or, past the
-    protobuf limit (`model_size`), the path of a temporary copy with external data."""
-    if not over_limit(model):
-        try:
-            yield model.SerializeToString()
-            return
-        except (EncodeError, ValueError, OverflowError):
-            pass  # over the real limit although under the configured one: use a file
-    with tempfile.TemporaryDirectory(prefix="lepton-verify-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # saving with external data moves the weights out of the proto
-        onnx.save_model(copy, str(path), save_as_external_data=True, location="model.onnx.data")
-        yield str(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,53 +164,15 @@ class VerificationReport:
         }
 
 
-def one_line(error: BaseException | str, limit: int = 300) -> str:
-    text = str(error).strip()
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    first = first or (type(error).__name__ if isinstance(error, BaseException) else "")
-    return first[:limit]
-
-
-def _session(model: onnx.ModelProto | bytes | str):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # Failures come back as exceptions; ORT's own error log would only repeat them.
-    options.log_severity_level = 4
-    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+def _session(source: bytes | str) -> Any:
+    # Failures come back as exceptions; onnxruntime's own error log would only repeat them.
+    return ort_session.session(source, log_level=ort_session.FATAL_ONLY)
 
 
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker, from a temporary file with external data past the protobuf limit."""
-    with _source(model) as data:
+    with model_source(model, prefix="lepton-verify-") as data:
         onnx.checker.check_model(data)
-
-
-def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph below it (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from proto_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from proto_graphs(g)
-
-
-def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """Nodes of the main graph, its subgraphs and the model-local functions."""
-    for graph in proto_graphs(model.graph):
-        yield from graph.node
-    for function in model.functions:
-        for node in function.node:
-            yield node
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    for g in proto_graphs(attr.g):
-                        yield from g.node
 
 
 def foreign_ops(model: onnx.ModelProto) -> list[str]:
@@ -237,7 +180,7 @@ def foreign_ops(model: onnx.ModelProto) -> list[str]:
     local = {(f.domain, f.name) for f in model.functions}
     found = {
         f"{n.domain}::{n.op_type}"
-        for n in all_nodes(model)
+        for n in model_nodes(model)
         if n.domain not in _ORT_DOMAINS and (n.domain, n.op_type) not in local
     }
     return sorted(found)
@@ -508,7 +451,7 @@ class Reference:
             duplicates_ok=bool(duplicate_outputs(model)),
         )
         # Serialized once for the checker and for ORT: it is the cost on large models.
-        with _source(model) as data:
+        with model_source(model, prefix="lepton-verify-") as data:
             ref._prepare(data, checker, feeds, shapes, seed)
         return ref
 
@@ -555,7 +498,7 @@ class Reference:
         except Exception as e:
             self.skipped = f"the original fails on {where} inputs: {one_line(e)}"
             return
-        if any(_is_random(n) for n in all_nodes(model)):
+        if any(_is_random(n) for n in model_nodes(model)):
             # Seeded random ops repeat in a fresh session, unseeded ones do not: only the
             # outputs that moved are left to a shape and dtype check.
             try:
@@ -573,7 +516,7 @@ class Reference:
     def check(self, candidate: onnx.ModelProto, outputs: bool = True) -> str | None:
         """None if the candidate passes onnx.checker and matches the original's outputs
         (the latter unless `outputs` is False or the original could not be run)."""
-        with _source(candidate) as data:
+        with model_source(candidate, prefix="lepton-verify-") as data:
             return self._check(candidate, data, outputs)
 
     def _check(self, candidate: onnx.ModelProto, data: bytes | str, outputs: bool) -> str | None:

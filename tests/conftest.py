@@ -25,6 +25,14 @@ def _private_result_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("LEPTON_BACKENDS", "ort")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/kernels form the interpreter tier (see pyproject's markers)."""
+    kernels = ROOT / "tests" / "kernels"
+    for item in items:
+        if kernels in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.interpreter)
+
+
 def light_models() -> list[Path]:
     return sorted(LIGHT_DIR.glob("light_*.onnx"))
 

@@ -80,9 +80,7 @@ def test_result_cache_reuses_a_whole_run(tmp_path: Path, mlp_path: Path):
         mlp_path,
         cache_path=db,
         eval_samples=2,
-        protocol=Protocol(
-            trials=2, min_trial_s=0.01, warmup_s=0.0
-        ),
+        protocol=Protocol(trials=2, min_trial_s=0.01, warmup_s=0.0),
     )
     assert not any(v.cache for v in other.variants)
 
@@ -103,3 +101,24 @@ def test_lepton_backend_variants(tmp_path: Path, mlp_path: Path):
     assert "fused-lepton-ort-cpu" not in by  # ai.lepton ops are for the lepton backend
     assert by["original-lepton-cpu"].session["backend"] == "lepton"
     assert res.baseline.id == "original-ort-cpu"
+
+
+def test_lepton_variants_report_their_layer_choices(tmp_path: Path, mlp_path: Path):
+    pytest.importorskip("torch", reason="the lepton backend needs torch")
+    res = lepton_compile.compile(
+        mlp_path,
+        recipes=["original", "fused-lepton"],
+        backends=["ort", "lepton"],
+        kernels="torch",
+        quick=True,
+        eval_samples=2,
+        cache=False,
+    )
+    v = next(x for x in res.report["variants"] if x["id"] == "fused-lepton-lepton-cpu")
+    assert v["session"]["kernels"] == "torch"
+    assert v["session"]["kernel_summary"].startswith("0 of ")  # torch's route everywhere
+    assert isinstance(v["session"]["kernel_layers"], list)
+    out = res.save(tmp_path / "o")
+    assert "Layers on our kernels" in (out / "report.md").read_text()
+    with pytest.raises(InputError, match="--kernels"):
+        lepton_compile.compile(mlp_path, kernels="fastest")

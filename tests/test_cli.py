@@ -321,3 +321,88 @@ def test_original_with_non_finite_outputs_is_one_line(tmp_path: Path, capsys):
     assert len(err) == 1, err
     assert "non-finite" in err[0] and "'y'" in err[0]
     assert not out.exists()
+
+
+# --- The parser: routing, the options it builds, the cache command ------------------------------
+
+
+def test_route_names_the_subcommand_first(tmp_path: Path, monkeypatch):
+    from lepton_compile.cli import route
+
+    monkeypatch.chdir(tmp_path)
+    assert route(["m.onnx", "-q"]) == ["compile", "m.onnx", "-q"]
+    assert route(["--help"]) == ["compile", "--help"]
+    assert route([]) == ["compile"]
+    assert route(["gate", "a.json", "b.json"]) == ["gate", "a.json", "b.json"]
+    assert route(["compile", "m.onnx"]) == ["compile", "m.onnx"]
+    (tmp_path / "optimize").write_bytes(b"")
+    assert route(["optimize", "-q"]) == ["compile", "optimize", "-q"]
+    # A model is a file: a directory named like a subcommand does not hide it.
+    (tmp_path / "bench").mkdir()
+    assert route(["bench", "m.onnx"]) == ["bench", "m.onnx"]
+
+
+def test_existing_path_named_like_a_subcommand_is_the_model(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gate").write_text("not a model\n")
+    assert main(["gate", "-o", str(tmp_path / "o"), "--quick", "-q"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    # The main job read it as a model; the gate would have asked for two reports.
+    assert err[-1].startswith("lepton-compile: error: gate") and "report" not in err[-1], err
+
+
+def test_help_version_and_usage_errors_name_their_command(capsys):
+    from lepton_compile import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lepton-compile {__version__}"
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert main(["compile", "--help"]) == 0
+    assert capsys.readouterr().out == top and top.startswith("usage: lepton-compile [-h]")
+    for argv, prog in [
+        (["passes", "extra"], "lepton-compile passes"),
+        (["m.onnx", "--frobnicate"], "lepton-compile"),
+        (["cache", "list", "extra"], "lepton-compile cache list"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"usage: {prog} ") and err[-1].startswith(f"{prog}: error:"), err
+
+
+def test_main_job_builds_compile_options():
+    from lepton_compile import CompileOptions
+    from lepton_compile.cli import build_parser, cmd_compile, route
+
+    argv = ["m.onnx", "--quick", "--recipes", "fused, fp16", "--screen-factor", "0"]
+    argv += ["--input-shape", "x=1x3", "--memory-limit-gb", "2", "--no-cache", "--no-isolate"]
+    opts = cmd_compile.build_options(build_parser().parse_args(route(argv)))
+    assert isinstance(opts, CompileOptions)
+    assert opts.recipes == ["fused", "fp16"] and opts.input_shapes == {"x": [1, 3]}
+    assert opts.quick and not opts.cache and not opts.isolate
+    assert opts.screen_factor is None and opts.memory_limit_bytes == 2 * 2**30
+    assert opts.max_accuracy_drop == 0.01
+    defaults = cmd_compile.build_options(build_parser().parse_args(route(["m.onnx"])))
+    assert defaults.recipes is None and defaults.screen_factor == CompileOptions().screen_factor
+    assert defaults.search_budget_s == CompileOptions().search_budget_s
+
+
+def test_cache_command_path_and_ages(tmp_path: Path, capsys):
+    from lepton_compile.bench.cache import ResultCache, cache_key
+
+    path = tmp_path / "results.sqlite"
+    with ResultCache(path) as c:
+        c.put(cache_key(i=1), {"latency_ms": 1.0}, {"model": "resnet50.onnx", "recipe": "fused"})
+    assert main(["cache", "--path", str(path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "1 result(s)" in out and "resnet50.onnx" in out and cache_key(i=1)[:12] in out
+    # --path may also follow the action.
+    assert main(["cache", "list", "--json", "--path", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "resnet50.onnx"
+    assert main(["cache", "--path", str(path), "clear", "--older-than", "1d"]) == 0
+    assert "removed 0 result(s)" in capsys.readouterr().out
+    assert main(["cache", "clear", "--path", str(path)]) == 0
+    assert "removed 1 result(s)" in capsys.readouterr().out
+    assert main(["cache", "--path", str(path), "clear", "--older-than", "soon"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("lepton-compile cache clear: error:") and "soon" in err[-1]

@@ -3,44 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from search_fakes import AdditiveEvaluator, keep_maker
 
 import lepton_compile
 from lepton_compile import compress, recipes
 from lepton_compile.errors import InputError
 
 
-class FakeEvaluator:
-    """drop(model) = sum of the per-layer damage of the layers still compressed."""
-
-    metric_ref = None
-    feeds = [{}, {}]
-
-    def __init__(self, damage: dict[str, float]):
-        self.damage = damage
-        self.evaluations = 0
-
-    def drop(self, model: object) -> float:
-        self.evaluations += 1
-        compressed = model  # the fake "model" is the set of compressed layers
-        return sum(self.damage[n] for n in compressed)  # type: ignore[attr-defined]
-
-
-def _keep_maker(names: Sequence[str]):
-    return lambda kept: frozenset(n for n in names if n not in set(kept))
-
-
 def test_search_keep_keeps_the_fewest_most_sensitive_layers():
     damage = {"a": 0.001, "b": 0.05, "c": 0.002, "d": 0.03, "e": 0.0}
-    ev = FakeEvaluator(damage)
+    ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.01, margin=1.0)
     layers = [(n, "Conv") for n in damage]
-    res = compress.search_keep("int8", layers, _keep_maker(list(damage)), ev, ctx)  # type: ignore[arg-type]
+    res = compress.search_keep("int8", layers, keep_maker(list(damage)), ev, ctx)  # type: ignore[arg-type]
     rec = res.record
     assert set(rec["layers_kept"]) == {"b", "d"}  # the two that carry the damage
     assert res.model == frozenset({"a", "c", "e"})
@@ -52,14 +32,14 @@ def test_search_keep_keeps_the_fewest_most_sensitive_layers():
 
 
 def test_search_keep_returns_everything_compressed_when_it_already_passes():
-    ev = FakeEvaluator({"a": 0.001, "b": 0.001})
+    ev = AdditiveEvaluator({"a": 0.001, "b": 0.001})
     ctx = compress.AccuracyContext(max_drop=0.01)
-    res = compress.search_keep("q", [("a", "MatMul"), ("b", "MatMul")], _keep_maker("ab"), ev, ctx)  # type: ignore[arg-type]
+    res = compress.search_keep("q", [("a", "MatMul"), ("b", "MatMul")], keep_maker("ab"), ev, ctx)  # type: ignore[arg-type]
     assert res.record["layers_kept"] == [] and ev.evaluations == 1
 
 
 def test_search_keep_fails_when_nothing_meets_the_target():
-    ev = FakeEvaluator({"a": 0.5})
+    ev = AdditiveEvaluator({"a": 0.5})
 
     def make(kept):
         return frozenset({"a"})  # keeping does not help: something else is broken
@@ -73,10 +53,10 @@ def test_search_keep_fails_when_nothing_meets_the_target():
 def test_search_keep_finds_a_small_set_past_an_overshoot():
     # 5 layers: the doubling search tries 1, 2, 4, then 8 -> 5 (all); the answer is 3.
     damage = {"a": 0.01, "b": 0.01, "c": 0.01, "d": 0.001, "e": 0.001}
-    ev = FakeEvaluator(damage)
+    ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.003, margin=1.0)
     res = compress.search_keep(
-        "q", [(n, "Conv") for n in damage], _keep_maker(list(damage)), ev, ctx
+        "q", [(n, "Conv") for n in damage], keep_maker(list(damage)), ev, ctx
     )  # type: ignore[arg-type]
     assert set(res.record["layers_kept"]) == {"a", "b", "c"}
     # Only keeping all five meets 0.0005: past MAX_KEPT_SHARE (4 of 5), so given up.
@@ -84,18 +64,18 @@ def test_search_keep_finds_a_small_set_past_an_overshoot():
         compress.search_keep(
             "q",
             [(n, "Conv") for n in damage],
-            _keep_maker(list(damage)),
-            FakeEvaluator(damage),  # type: ignore[arg-type]
+            keep_maker(list(damage)),
+            AdditiveEvaluator(damage),  # type: ignore[arg-type]
             compress.AccuracyContext(max_drop=0.0005, margin=1.0),
         )
 
 
 def test_search_keep_budget_ranks_unprobed_layers_last():
     damage = {f"l{i}": 0.004 for i in range(6)}
-    ev = FakeEvaluator(damage)
+    ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.01, margin=1.0, budget_s=0.0)
     res = compress.search_keep(
-        "q", [(n, "Conv") for n in damage], _keep_maker(list(damage)), ev, ctx
+        "q", [(n, "Conv") for n in damage], keep_maker(list(damage)), ev, ctx
     )  # type: ignore[arg-type]
     assert "not probed" in res.record["note"]
     assert res.record["drop_final"] <= 0.01
@@ -104,7 +84,7 @@ def test_search_keep_budget_ranks_unprobed_layers_last():
 
 def test_search_prune_prunes_the_least_sensitive_units():
     damage = {"g1": 0.0, "g2": 0.004, "g3": 0.02, "g4": 0.005}
-    ev = FakeEvaluator(damage)
+    ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.01, margin=1.0)
     res = compress.search_prune(
         "prune",
@@ -120,7 +100,7 @@ def test_search_prune_prunes_the_least_sensitive_units():
             "prune",
             [("g3", "x")],
             lambda pruned: frozenset(pruned),
-            FakeEvaluator({"g3": 0.5}),  # type: ignore[arg-type]
+            AdditiveEvaluator({"g3": 0.5}),  # type: ignore[arg-type]
             ctx,
         )
 
@@ -129,7 +109,11 @@ def test_revert_qdq_restores_fp32_layers(mlp_path: Path):
     import onnx_ir as ir
 
     from lepton_compile import intake
-    from lepton_compile.passes.quantize import QuantizeStaticInt8Pass, ensure_node_names
+    from lepton_compile.passes.quantize import (
+        QuantizeStaticInt8Pass,
+        ensure_node_names,
+        revert_qdq,
+    )
 
     loaded = intake.load_model(mlp_path, {"x": [2, 32]})
     named = ensure_node_names(loaded.model)
@@ -140,7 +124,7 @@ def test_revert_qdq_restores_fp32_layers(mlp_path: Path):
     )
     matmuls = [n.name for n in named.graph.node if n.op_type == "MatMul"]
     assert len(matmuls) == 2
-    reverted = compress.revert_qdq(q, named, matmuls)
+    reverted = revert_qdq(q, named, matmuls)
     assert reverted is not None
     onnx.checker.check_model(reverted, full_check=True)
     nodes = {n.name: n for n in reverted.graph.node}
@@ -162,7 +146,7 @@ def test_revert_qdq_restores_fp32_layers(mlp_path: Path):
     err_full = max(np.abs(r["y"] - o["y"]).max() for r, o in zip(ref, full, strict=True))
     err_back = max(np.abs(r["y"] - o["y"]).max() for r, o in zip(ref, back, strict=True))
     assert err_back <= err_full
-    assert compress.revert_qdq(q, named, ["no-such-node"]) is None
+    assert revert_qdq(q, named, ["no-such-node"]) is None
 
 
 def test_recipe_aliases_and_unknown_names():
@@ -263,6 +247,37 @@ def test_calibration_data_that_does_not_match(tmp_path: Path, mlp_path: Path):
     d = _npz_dir(tmp_path, 4, shape=(1, 31))
     with pytest.raises(InputError, match="shape"):
         lepton_compile.compile(mlp_path, inputs_dir=d, recipes=["int8-mixed"], quick=True)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_calibration_data_a_pass_rejects_is_exit_2_with_one_line(
+    tmp_path: Path, mlp_path: Path, capsys: pytest.CaptureFixture[str], isolate: bool
+):
+    """The quantization pass's own input check (not intake's) still ends as bad input."""
+    from lepton_compile.cli import main
+
+    d = _npz_dir(tmp_path, 6)
+    with np.load(d / "000.npz") as sample:
+        arrays = dict(sample)
+    arrays["x"][0, 0] = np.nan  # intake takes it; the calibration check does not
+    np.savez(d / "000.npz", **arrays)
+    out = tmp_path / "o"
+    args = [str(mlp_path), "--inputs", str(d), "--recipes", "int8-mixed", "--quick"]
+    capsys.readouterr()
+    assert main([*args, *([] if isolate else ["--no-isolate"]), "-o", str(out)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "holds NaN or Inf" in lines[0]
+    assert not out.exists()
+
+
+def test_a_pass_input_error_is_bad_input_to_the_driver():
+    from lepton_compile import steps
+    from lepton_compile.passes.errors import PassInputError
+    from lepton_compile.worker import _kind
+
+    assert _kind(PassInputError("calibration sample 0: holds NaN or Inf")) == "input"
+    with pytest.raises(InputError, match="at least 2 calibration samples"):
+        steps.apply("int8-static", onnx.ModelProto(), onnx.ModelProto(), [{}], {}, None)
 
 
 def test_not_applicable_recipe_is_skipped_with_a_reason(tmp_path: Path):

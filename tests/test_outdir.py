@@ -13,7 +13,9 @@ from lepton_compile.outdir import REPORT_SCHEMA, check_output_dir
 
 
 def _tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def _compile(model: Path, out: Path, *extra: str) -> int:
@@ -107,3 +109,9 @@ def test_bench_output_is_guarded(tinycnn_path: Path, tmp_path: Path):
     target.write_text("{}")
     assert main(["bench", str(tinycnn_path), "--quick", "-o", str(target)]) == 2
     assert target.read_text() == "{}"
+
+
+def test_a_name_too_long_is_bad_input(tinycnn_path: Path, tmp_path: Path, capsys):
+    target = tmp_path / ("x" * 300)
+    assert _compile(tinycnn_path, target) == 2
+    assert "cannot be used as the output" in capsys.readouterr().err

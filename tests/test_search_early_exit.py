@@ -9,28 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from search_fakes import AdditiveEvaluator, keep_maker
 
 import lepton_compile
 from lepton_compile import compress
-
-
-class AdditiveEvaluator:
-    """drop(model) = sum of the per-layer damage of the layers still compressed."""
-
-    metric_ref = None
-    feeds = [{}, {}]
-
-    def __init__(self, damage: dict[str, float]):
-        self.damage = damage
-        self.evaluations = 0
-
-    def drop(self, model: object) -> float:
-        self.evaluations += 1
-        return sum(self.damage[n] for n in model)  # type: ignore[attr-defined]
-
-
-def _keep_maker(names: Sequence[str]):
-    return lambda kept: frozenset(n for n in names if n not in set(kept))
 
 
 def _layers(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -53,7 +35,7 @@ def test_equal_contributions_are_rejected_after_a_few_probes():
     ev = AdditiveEvaluator({n: 0.01 for n in names})
     ctx = compress.AccuracyContext(max_drop=0.01)
     with pytest.raises(compress.CompressionFailed, match=r"rejected after (\d+) probes") as e:
-        compress.search_keep("int8", _layers(names), _keep_maker(names), ev, ctx)  # type: ignore[arg-type]
+        compress.search_keep("int8", _layers(names), keep_maker(names), ev, ctx)  # type: ignore[arg-type]
     n = int(str(e.value).split("rejected after ")[1].split()[0])
     assert n == ev.evaluations
     assert n <= compress.MIN_PROBES_JUDGED + 2  # the full model, 8 probes, one group probe
@@ -83,7 +65,7 @@ def test_one_critical_layer_is_not_mistaken_for_a_hopeless_search():
     damage = {n: 0.0001 for n in names} | {"l37": 0.5}
     ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.01)
-    res = compress.search_keep("int8", _layers(names), _keep_maker(names), ev, ctx)  # type: ignore[arg-type]
+    res = compress.search_keep("int8", _layers(names), keep_maker(names), ev, ctx)  # type: ignore[arg-type]
     assert res.record["layers_kept"] == ["l37"]
     assert res.record["probing_stopped"] == "every unit probed"
     assert res.record["probes"] == ev.evaluations
@@ -98,7 +80,7 @@ def test_keep_search_stops_once_the_ranked_curve_shows_the_target_needs_most_lay
     ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.001, margin=1.0)
     with pytest.raises(compress.CompressionFailed, match="rejected after .* probes: keeping"):
-        compress.search_keep("q", _layers(names), _keep_maker(names), ev, ctx)  # type: ignore[arg-type]
+        compress.search_keep("q", _layers(names), keep_maker(names), ev, ctx)  # type: ignore[arg-type]
     assert ev.evaluations < 1 + 8 + 4  # the old search went on to all 8 layers
 
 
@@ -135,7 +117,7 @@ def test_probing_budget_scales_with_the_first_probe_and_is_reported():
     damage = {n: 0.0 for n in names} | {"l3": 0.05, "l70": 0.05}
     ev = AdditiveEvaluator(damage)
     ctx = compress.AccuracyContext(max_drop=0.01)
-    res = compress.search_keep("q", _layers(names), _keep_maker(names), ev, ctx)  # type: ignore[arg-type]
+    res = compress.search_keep("q", _layers(names), keep_maker(names), ev, ctx)  # type: ignore[arg-type]
     rec = res.record
     assert set(rec["layers_kept"]) == {"l3", "l70"}
     budget = rec["budget"]

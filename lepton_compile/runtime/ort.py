@@ -13,15 +13,9 @@ import numpy as np
 import onnxruntime as ort
 
 from lepton_compile.errors import NotSupported
+from lepton_compile.passes.ort_session import OPTIMIZATION_LEVELS, session_options
 
 log = logging.getLogger(__name__)
-
-_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
 _UNSUPPORTED = (
@@ -50,13 +44,13 @@ def _cuda_present() -> bool:
 class OrtSession:
     def __init__(self, path: Path, device: str, options: Mapping[str, Any]):
         level = options.get("graph_optimization_level", "all")
-        if level not in _LEVELS:
-            raise ValueError(f"graph_optimization_level must be one of {', '.join(_LEVELS)}")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = _LEVELS[level]
+        if level not in OPTIMIZATION_LEVELS:
+            raise ValueError(
+                f"graph_optimization_level must be one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        so = session_options(level)
         so.intra_op_num_threads = int(options.get("intra_op_num_threads", 0))
         so.inter_op_num_threads = int(options.get("inter_op_num_threads", 0))
-        so.log_severity_level = 3
         if device == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:

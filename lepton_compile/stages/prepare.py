@@ -82,10 +82,11 @@ def plan_variants(ctx: RunContext) -> list[VariantResult]:
     (fused-lepton without lepton) are left out of ``ctx.recipes``.
     """
     variants = [
-        VariantResult(f"{r.name}-{b}-{d}", r, b, d)
+        v
         for b, d in ctx.plan.targets
         for r in ctx.recipes
         if r.backends is None or b in r.backends
+        for v in _with_backend_modes(VariantResult(f"{r.name}-{b}-{d}", r, b, d))
     ]
     if not variants or variants[0].recipe.name != "original":
         raise InputError("the original must run on the first backend")
@@ -96,6 +97,35 @@ def plan_variants(ctx: RunContext) -> list[VariantResult]:
     live = {id(v.recipe) for v in variants if v.status == Status.PENDING}
     ctx.recipes = [r for r in ctx.recipes if id(r) in live]
     return variants
+
+
+# The recipe whose variants also vary the lepton backend's own modes (one mode at a time from
+# the defaults): the graph built for that backend, where the modes matter most.
+_MODES_RECIPE = "fused-lepton"
+
+
+def _with_backend_modes(v: VariantResult) -> list[VariantResult]:
+    """``v``, and for the lepton recipe one more variant per non-default backend mode
+    (channels-last; on CUDA also kernels, CUDA graphs, TF32), so that the search measures
+    the backend's modes instead of fixing them at load."""
+    if v.recipe.name != _MODES_RECIPE or not v.backend.startswith("lepton"):
+        return [v]
+    from lepton_compile.runtime.lepton import option_label, option_space
+
+    out = [v]
+    for name, values in option_space(v.device).items():
+        for value in values[1:]:
+            options = {name: value}
+            out.append(
+                VariantResult(
+                    f"{v.id}+{option_label(options)}",
+                    v.recipe,
+                    v.backend,
+                    v.device,
+                    options=options,
+                )
+            )
+    return out
 
 
 def _backend_devices(name: str) -> list[str]:

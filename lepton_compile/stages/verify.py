@@ -36,8 +36,7 @@ def verify(
             v.status = Status.OK
         elif v is baseline:
             raise InputError(
-                f"{ctx.loaded.path.name}: the original model fails on the default backend: "
-                f"{why[1]}"
+                f"{ctx.loaded.path.name}: the original model fails on the default backend: {why[1]}"
             )
         else:
             v.fail(*why)
@@ -53,7 +52,8 @@ def _judge(
     assert v.artifact is not None
     w = executor.worker(v.id)
     try:
-        v.session = w.call("load", str(v.artifact), v.backend, v.device, {})
+        options = {**ctx.options.backend_options(v.backend), **v.options}
+        v.session = w.call("load", str(v.artifact), v.backend, v.device, options)
         outs = w.call("run", ctx.feeds.eval)
     except WorkerError as e:
         return (Status.SKIPPED if e.kind == "unsupported" else Status.FAILED, f"run: {e.reason}")

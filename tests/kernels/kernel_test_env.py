@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -60,3 +61,12 @@ def load(name: str) -> ModuleType:
 
 
 DEVICE = "cuda" if ON_GPU else "cpu"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def e2e_models() -> ModuleType:
+    """benchmarks/e2e_models.py, the project's small models (benchmarks/ is not a package)."""
+    path = str(REPO / "benchmarks")
+    if path not in sys.path:
+        sys.path.append(path)  # last: its module names must not shadow anything
+    return importlib.import_module("e2e_models")

@@ -1,4 +1,4 @@
-"""The GPU kernel benchmark script (bench/suites/kernels.py) parses, lists and runs on CPU.
+"""The GPU kernel benchmark script (benchmarks/kernels.py) parses, lists and runs on CPU.
 
 It can only time on a GPU; here it runs its --dry-run and a --smoke pass (tiny shapes in the
 Triton interpreter, every comparison and the JSON writer exercised, no numbers that mean
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "bench" / "suites" / "kernels.py"
+SCRIPT = REPO / "benchmarks" / "kernels.py"
 
 
 def _suite():

@@ -142,3 +142,15 @@ def test_conv_configs():
         assert all(c.kwargs["BLOCK_K"] >= 8 for c in conv.get_configs(arch, None, True, 4))
     assert len(conv.get_configs("interpreter")) == 1
     assert len(conv.get_depthwise_configs("interpreter")) == 1
+
+
+def test_when_no_config_fits_the_smallest_is_taken():
+    """A GPU with less shared memory than any table config: the smallest tile, never the
+    largest (which could not launch)."""
+    from lepton_compile.kernels import conv
+    from lepton_compile.kernels._common import smem_estimate
+
+    configs = conv.get_configs(90, 4096, pointwise=True, elem_bytes=2)
+    chosen = conv._fitted_configs(90, 4096, True, 2, smem=1)
+    assert len(chosen) == 1
+    assert smem_estimate(chosen[0], 2, 2) == min(smem_estimate(c, 2, 2) for c in configs)

@@ -7,13 +7,11 @@ choice is decided by known numbers while every candidate still has to compute.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_test_env import DEVICE, load
+from kernel_test_env import DEVICE, e2e_models, load
 
 gemm_mod = load("gemm")
 common = load("_common")
@@ -150,21 +148,10 @@ def test_summary_and_counts() -> None:
 # -- the session: per-layer records from injected timings -----------------------------------
 
 
-def _e2e_models():
-    spec = importlib.util.spec_from_file_location(
-        "e2e_models", REPO / "bench" / "suites" / "e2e_models.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_session_chooses_per_layer_from_timings() -> None:
     from lepton_compile.runtime.lepton import LeptonSession
 
-    e2e = _e2e_models()
+    e2e = e2e_models()
     model = e2e.recipe_variant("fused-lepton", e2e.convnet())
     feeds = e2e.example_feeds(model)
     layers = [n.name for n in model.graph.node if n.op_type == "FusedConv"]
@@ -202,7 +189,7 @@ def test_session_chooses_per_layer_from_timings() -> None:
 def test_session_picks_the_tma_gemm_where_it_is_fastest() -> None:
     from lepton_compile.runtime.lepton import LeptonSession
 
-    e2e = _e2e_models()
+    e2e = e2e_models()
     original = e2e.attention_block()
     model = e2e.recipe_variant("fused-lepton", original)
     feeds = e2e.example_feeds(model)

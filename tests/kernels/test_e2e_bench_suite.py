@@ -1,4 +1,4 @@
-"""The end-to-end GPU benchmark (bench/suites/lepton_e2e.py) lists its cases and runs on CPU.
+"""The end-to-end GPU benchmark (benchmarks/lepton_e2e.py) lists its cases and runs on CPU.
 
 It can only measure on a GPU; here it runs --dry-run and a --smoke pass: the tiny BERT-class
 encoder at batch 1 in every variant (our kernels in the Triton interpreter where a variant
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "bench" / "suites" / "lepton_e2e.py"
+SCRIPT = REPO / "benchmarks" / "lepton_e2e.py"
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Tier 3: small models end to end on the lepton backend with kernels="triton" forced.
 
-Models (bench/suites/e2e_models.py): a conv net with a residual and a depthwise layer, an MLP
+Models (benchmarks/e2e_models.py): a conv net with a residual and a depthwise layer, an MLP
 and an attention block, built by lepton-compile's recipes: fused-lepton (ai.lepton fused
 ops) in fp32/fp16/bf16, int8-qdq, fp8 and int4-weight. Every fused or quantized layer our
 kernels support must run on them; the launches per kernel family are counted.
@@ -18,21 +18,19 @@ Tolerances, max |lepton - onnxruntime| over the output's largest magnitude:
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_test_env import DEVICE, ON_GPU, load
+from kernel_test_env import DEVICE, ON_GPU, e2e_models, load
 
 common = load("_common")
 load("gemm")
 load("conv")
 load("gemm_scaled")
 load("gemm_int4")
-import onnxruntime as ort  # noqa: E402
 
+from lepton_compile.passes import ort_session  # noqa: E402
 from lepton_compile.runtime.lepton import LeptonSession  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,18 +44,7 @@ FAMILIES = {
 }
 
 
-def _e2e_models():
-    spec = importlib.util.spec_from_file_location(
-        "e2e_models", REPO / "bench" / "suites" / "e2e_models.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-E = _e2e_models()
+E = e2e_models()
 _BUILT: dict[tuple[str, str], tuple] = {}
 
 
@@ -71,12 +58,8 @@ def _variant(model: str, recipe: str):
 
 
 def _ort(model, feeds, optimize: bool = True) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
+    level = "all" if optimize else "disable"
+    return ort_session.session(model, optimization=level).run(None, feeds)[0]
 
 
 # On a GPU the forced kernel also runs once at load (autotuning before any capture).

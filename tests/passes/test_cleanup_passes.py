@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
+import pass_harness
 import pytest
+from pass_harness import ops
 
 from lepton_compile.passes import optimize
 from lepton_compile.passes.testing import assert_same_outputs, model_from_text
@@ -12,37 +16,11 @@ from lepton_compile.passes.testing import assert_same_outputs, model_from_text
 RNG = np.random.default_rng(1234)
 RTOL, ATOL = 1e-5, 1e-6
 
+run_pass = functools.partial(pass_harness.run_pass, rtol=RTOL, atol=ATOL)
+
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [node.op_type for node in model.graph.node]
-
-
-def run_pass(
-    model: onnx.ModelProto,
-    name: str,
-    expected_ops: list[str],
-    *,
-    modified: bool = True,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-) -> onnx.ModelProto:
-    """Apply one pass; check op list, `modified`, validity, numerics and idempotence."""
-    before = model.SerializeToString()
-    result = optimize(model, passes=[name])
-    assert model.SerializeToString() == before, "input model was modified"
-    assert [r.name for r in result.records] == [name]
-    assert result.records[0].modified is modified
-    assert ops(result.model) == expected_ops
-    onnx.checker.check_model(result.model, full_check=True)
-    assert_same_outputs(model, result.model, rtol=rtol, atol=atol)
-    again = optimize(result.model, passes=[name])
-    assert again.records[0].modified is False, f"{name} is not idempotent"
-    assert ops(again.model) == expected_ops
-    return result.model
 
 
 def test_remove_initializer_inputs_keeps_real_inputs():

@@ -7,12 +7,13 @@ case checks that the model comes back unchanged and still computes the same thin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
+from pass_harness import ops, run_pass
 
 from lepton_compile.passes import optimize
 from lepton_compile.passes.testing import assert_same_outputs, model_from_text
@@ -24,10 +25,6 @@ I64_MAX = 2**63 - 1
 
 def i64(*values: int) -> np.ndarray:
     return np.array(values, np.int64)
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [node.op_type for node in model.graph.node]
 
 
 def node_of(model: onnx.ModelProto, op_type: str) -> onnx.NodeProto:
@@ -46,26 +43,10 @@ def attr(node: onnx.NodeProto, name: str):
 
 
 def run(
-    model: onnx.ModelProto,
-    expected_ops: list[str],
-    *,
-    passes: Sequence[str] = ("simplify",),
-    modified: bool = True,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    tolerance: Mapping[str, float] = EXACT,
+    model: onnx.ModelProto, expected_ops: list[str], *, passes: Sequence[str] = ("simplify",), **kw
 ) -> onnx.ModelProto:
-    """Apply `passes`; check ops, `modified` (of the last), validity, numerics, idempotence."""
-    before = model.SerializeToString()
-    result = optimize(model, passes=list(passes))
-    assert model.SerializeToString() == before, "input model was modified"
-    assert result.records[-1].modified is modified
-    assert ops(result.model) == expected_ops
-    onnx.checker.check_model(result.model, full_check=True)
-    assert_same_outputs(model, result.model, shapes=shapes, **tolerance)
-    again = optimize(result.model, passes=list(passes))
-    assert [r.name for r in again.records if r.modified] == [], "not idempotent"
-    assert ops(again.model) == expected_ops
-    return result.model
+    """`passes` (simplify by default) through the harness's checks, outputs compared exactly."""
+    return run_pass(model, list(passes), expected_ops, **EXACT, **kw)
 
 
 def keep(model: onnx.ModelProto, **kwargs) -> onnx.ModelProto:

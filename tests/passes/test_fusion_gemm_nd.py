@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 
 import numpy as np
 import onnx
+import pass_harness
 import pytest
+from pass_harness import op_counts
 
 from lepton_compile.passes import optimize, resolve_pipeline
 from lepton_compile.passes.testing import assert_same_outputs, model_from_text, run_ort
@@ -24,38 +25,6 @@ def w(*shape: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed + sum(shape)).standard_normal(shape) * 0.3).astype(
         np.float32
     )
-
-
-def ops(model: onnx.ModelProto) -> collections.Counter[str]:
-    return collections.Counter(node.op_type for node in model.graph.node)
-
-
-def run_pass(
-    model: onnx.ModelProto,
-    *,
-    modified: bool,
-    force: bool = False,
-    shapes: dict[str, list[int]] | None = None,
-) -> onnx.ModelProto:
-    """infer-shapes (the pipeline's folding records shapes), then the pass; check the
-    `modified` flag, onnx.checker, numerics, idempotence and that the input is untouched."""
-    before = model.SerializeToString()
-    options = FORCE if force else None
-    # The pass is for the lepton target only (see test_not_in_the_ort_target).
-    passes = ["infer-shapes", NAME]
-    result = optimize(model, passes=passes, target="lepton", options=options, verify=False)
-    assert model.SerializeToString() == before, "input model was modified"
-    record = result.records[-1]
-    assert record.name == NAME
-    assert record.modified is modified
-    if not modified:
-        assert record.nodes_after == record.nodes_before
-    onnx.checker.check_model(result.model, full_check=True)
-    assert_same_outputs(model, result.model, rtol=RTOL, atol=ATOL, shapes=shapes)
-    again = optimize(result.model, passes=passes, target="lepton", options=options, verify=False)
-    assert again.records[-1].modified is False, f"{NAME} is not idempotent"
-    assert ops(again.model) == ops(result.model)
-    return result.model
 
 
 # q, k and v projections of one tensor, each split into heads: the three input
@@ -76,6 +45,29 @@ qkv (float[2,8,16] x) => (float[2,8,2,8] q, float[2,8,2,8] k, float[2,8,2,8] v) 
 """
 
 
+def run_pass(
+    model: onnx.ModelProto,
+    *,
+    modified: bool,
+    force: bool = False,
+    shapes: dict[str, list[int]] | None = None,
+) -> onnx.ModelProto:
+    """infer-shapes (the pipeline's folding records shapes), then the pass, through the
+    harness's checks. The pass is for the lepton target only (see test_not_in_the_ort_target)."""
+    return pass_harness.run_pass(
+        model,
+        ["infer-shapes", NAME],
+        modified=modified,
+        shapes=shapes,
+        rtol=RTOL,
+        atol=ATOL,
+        target="lepton",
+        options=FORCE if force else None,
+        verify=False,
+        idempotent="last",
+    )
+
+
 def qkv_inits() -> dict[str, np.ndarray]:
     inits = {"heads": np.array([2, 8, 2, 8], np.int64)}
     for i, name in enumerate("qkv"):
@@ -86,7 +78,7 @@ def qkv_inits() -> dict[str, np.ndarray]:
 def test_qkv_projections_share_one_input_reshape():
     model = model_from_text(QKV, qkv_inits())
     out = run_pass(model, modified=True)
-    assert ops(out) == {"Gemm": 3, "Reshape": 4}  # 9 nodes -> 7
+    assert op_counts(out) == {"Gemm": 3, "Reshape": 4}  # 9 nodes -> 7
     gemms = [n for n in out.graph.node if n.op_type == "Gemm"]
     assert len({n.input[0] for n in gemms}) == 1, "input Reshape not shared"
     assert all(len(n.input) == 3 and not n.attribute for n in gemms)
@@ -128,14 +120,14 @@ def test_ffn_alone_is_not_smaller_and_stays():
     # Two pairs -> two Gemms and two Reshapes: 9 nodes either way, so nothing changes.
     model = model_from_text(FFN, ffn_inits())
     out = run_pass(model, modified=False)
-    assert ops(out) == ops(model)
+    assert op_counts(out) == op_counts(model)
 
 
 def test_ffn_gelu_runs_on_the_2d_tensor():
     # Forced: the GELU between the Gemms works on [24, 32]; its Reshape pair cancels.
     model = model_from_text(FFN, ffn_inits())
     out = run_pass(model, modified=True, force=True)
-    assert ops(out) == {"Reshape": 2, "Gemm": 2, "Mul": 2, "Div": 1, "Erf": 1, "Add": 1}
+    assert op_counts(out) == {"Reshape": 2, "Gemm": 2, "Mul": 2, "Div": 1, "Erf": 1, "Add": 1}
     order = [n.op_type for n in out.graph.node]
     assert order[0] == "Reshape" and order[-1] == "Reshape"
 
@@ -151,7 +143,7 @@ def test_not_smaller_logs_why(caplog):
     model = model_from_text(text, {"b": w(8, 4), "c": w(4)})
     with caplog.at_level(logging.INFO, logger="lepton_compile.passes.fusion_gemm_nd"):
         out = run_pass(model, modified=False)
-    assert ops(out) == {"MatMul": 1, "Add": 1}
+    assert op_counts(out) == {"MatMul": 1, "Add": 1}
     assert "not applied: 3 nodes with the rewrite, 2 without" in caplog.text
     forced = run_pass(model, modified=True, force=True)
     assert [n.op_type for n in forced.graph.node] == ["Reshape", "Gemm", "Reshape"]
@@ -210,7 +202,7 @@ def test_attention_layer():
     # 6 MatMul+Add pairs -> 6 Gemm; Reshapes: q/k/v input (shared), 3 merged heads
     # splits, the heads merge (merged with the o input), o output, FFN input and output;
     # the Relu runs on the 2-D tensor.
-    assert ops(out) == {
+    assert op_counts(out) == {
         "Gemm": 6,
         "Reshape": 8,
         "Transpose": 4,
@@ -237,7 +229,7 @@ def test_not_in_the_ort_target():
     with pytest.raises(ValueError, match="not available for target 'ort'"):
         resolve_pipeline(passes=[NAME], target="ort")
     model = model_from_text(LAYER, layer_inits())
-    assert "Gemm" not in ops(optimize(model, "fused", target="ort").model)
+    assert "Gemm" not in op_counts(optimize(model, "fused", target="ort").model)
 
 
 def test_fused_pipeline_verifies_and_shrinks_the_layer():
@@ -290,7 +282,7 @@ def test_rejected(case, x_type, y_type, extra, b_shape, c_shape):
         )
     shapes = {"x": [2, 3, 8]} if case == "dynamic lead dims" else None
     out = run_pass(model, modified=False, force=True, shapes=shapes)
-    assert ops(out) == {"MatMul": 1, "Add": 1}
+    assert op_counts(out) == {"MatMul": 1, "Add": 1}
 
 
 def test_rejects_weight_the_user_can_feed():
@@ -299,7 +291,7 @@ def test_rejects_weight_the_user_can_feed():
         {"b": w(8, 4), "c": w(4)},
     )
     out = run_pass(model, modified=False, force=True)
-    assert ops(out) == {"MatMul": 1, "Add": 1}
+    assert op_counts(out) == {"MatMul": 1, "Add": 1}
 
 
 def test_rejects_matmul_read_twice():
@@ -311,7 +303,7 @@ def test_rejects_matmul_read_twice():
     }
     """
     out = run_pass(model_from_text(text, {"b": w(8, 4), "c": w(4)}), modified=False, force=True)
-    assert ops(out) == {"MatMul": 1, "Add": 1}
+    assert op_counts(out) == {"MatMul": 1, "Add": 1}
 
 
 # --- regions that must stay 3-D ------------------------------------------------------
@@ -334,7 +326,7 @@ def test_region_with_graph_output_stays_3d():
     relu = next(n for n in out.graph.node if n.op_type == "Relu")
     producer = next(n for n in out.graph.node if relu.input[0] in n.output)
     assert producer.op_type == "Reshape"
-    assert ops(out)["Reshape"] == 4
+    assert op_counts(out)["Reshape"] == 4
 
 
 def test_region_with_3d_operand_stays_3d():
@@ -351,7 +343,7 @@ def test_region_with_3d_operand_stays_3d():
     """
     inits = {"w1": w(8, 8), "b1": w(8), "w2": w(8, 8, seed=1), "b2": w(8, seed=1)}
     out = run_pass(model_from_text(text, inits), modified=True, force=True)
-    assert ops(out) == {"Reshape": 4, "Gemm": 2, "Add": 1}
+    assert op_counts(out) == {"Reshape": 4, "Gemm": 2, "Add": 1}
 
 
 def test_region_with_rank_2_constant_stays_3d():
@@ -374,7 +366,7 @@ def test_region_with_rank_2_constant_stays_3d():
         "scale": w(3, 8, seed=2),
     }
     out = run_pass(model_from_text(text, inits), modified=True, force=True)
-    assert ops(out) == {"Reshape": 4, "Gemm": 2, "Mul": 1}
+    assert op_counts(out) == {"Reshape": 4, "Gemm": 2, "Mul": 1}
 
 
 # --- a real model ----------------------------------------------------------------------
@@ -384,7 +376,7 @@ def test_region_with_rank_2_constant_stays_3d():
 def test_minilm_node_count():
     path = os.path.join(ZOO, "minilm-l6.onnx")
     if not os.path.exists(path):
-        pytest.skip(f"{path} not fetched (python -m lepton_compile.bench.zoo fetch minilm-l6)")
+        pytest.skip(f"{path} not fetched (python benchmarks/zoo.py fetch minilm-l6)")
     from lepton_compile.intake import load_model
 
     shapes = {name: [1, 128] for name in ("input_ids", "attention_mask", "token_type_ids")}
@@ -393,7 +385,7 @@ def test_minilm_node_count():
     assert result.verification is not None and result.verification.status == "passed"
     # onnxsim 0.8.1 leaves 206; 213 without this pass.
     assert len(result.model.graph.node) <= 206
-    assert ops(result.model)["Gemm"] == 36
+    assert op_counts(result.model)["Gemm"] == 36
     rng = np.random.default_rng(0)
     feeds = {
         "input_ids": rng.integers(0, 30522, (1, 128)),

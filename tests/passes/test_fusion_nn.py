@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pass_harness
 import pytest
+from pass_harness import attrs, ops
 
-from lepton_compile.passes import optimize
 from lepton_compile.passes.fusion_nn import (
     PATTERN_ID_KEY,
     PATTERN_KEY,
@@ -20,11 +23,13 @@ from lepton_compile.passes.fusion_nn import (
     pattern_nodes,
 )
 from lepton_compile.passes.registry import PIPELINES
-from lepton_compile.passes.testing import assert_same_outputs, model_from_text
+from lepton_compile.passes.testing import model_from_text
 
 RNG = np.random.default_rng(1234)
 # One fused op against the ops it replaces: float rounding only.
 RTOL, ATOL = 1e-4, 1e-5
+
+run_pass = functools.partial(pass_harness.run_pass, rtol=RTOL, atol=ATOL)
 
 
 def rand(*shape: int) -> np.ndarray:
@@ -35,44 +40,11 @@ def f32(value: float) -> np.ndarray:
     return np.array(value, dtype=np.float32)
 
 
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [node.op_type for node in model.graph.node]
-
-
-def run_pass(
-    model: onnx.ModelProto,
-    name: str,
-    expected_ops: list[str],
-    *,
-    modified: bool = True,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-) -> onnx.ModelProto:
-    """Apply one registered pass; check op list, `modified`, validity, numerics, idempotence."""
-    before = model.SerializeToString()
-    result = optimize(model, passes=[name])
-    assert model.SerializeToString() == before, "input model was modified"
-    assert result.records[0].modified is modified
-    assert ops(result.model) == expected_ops
-    onnx.checker.check_model(result.model, full_check=True)
-    assert_same_outputs(model, result.model, rtol=rtol, atol=atol)
-    again = optimize(result.model, passes=[name])
-    assert again.records[0].modified is False, f"{name} is not idempotent"
-    assert ops(again.model) == expected_ops
-    assert list(again.model.graph.node) == list(result.model.graph.node)
-    return result.model
-
-
 def apply(pass_: ir.passes.PassBase, model: onnx.ModelProto) -> FusionResult:
     """The pass's own result (counts, rejection reasons) on a copy of `model`."""
     result = pass_(ir.from_proto(model))
     assert isinstance(result, FusionResult)
     return result
-
-
-def attrs(node: onnx.NodeProto) -> dict:
-    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def meta(node: onnx.NodeProto) -> dict[str, str]:

@@ -16,6 +16,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import version_converter
+from pass_harness import ops
 
 from lepton_compile.passes import optimize
 from lepton_compile.passes.fusion_nn import (
@@ -41,10 +42,6 @@ def export(module, args: tuple, opset: int) -> onnx.ModelProto:
 
 def at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return version_converter.convert_version(model, opset)
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [node.op_type for node in model.graph.node]
 
 
 def check_against_torch(module, args: tuple, model: onnx.ModelProto) -> None:

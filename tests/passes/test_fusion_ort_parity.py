@@ -34,6 +34,7 @@ import pytest
 
 from lepton_compile.passes import optimize
 from lepton_compile.passes.lepton_ops import DOMAIN
+from lepton_compile.passes.ort_session import session, session_options
 from lepton_compile.passes.testing import model_from_text, random_inputs, run_ort
 
 LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
@@ -47,19 +48,12 @@ LEVELS = ("extended", "all")
 
 def ort_optimized(model: onnx.ModelProto, level: str = "extended") -> onnx.ModelProto:
     """ORT's optimized graph of `model` at `level` (CPU provider), as it saves it."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
         onnx.save(model, src)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
+        options = session_options(level)
         options.optimized_model_filepath = dst
-        options.log_severity_level = 3
-        ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+        session(src, options=options)
         return onnx.load(dst, load_external_data=False)
 
 
@@ -339,7 +333,7 @@ ZOO_MODELS = [
 def test_zoo_models(name):
     path = os.path.join(ZOO, f"{name}.onnx")
     if not os.path.exists(path):
-        pytest.skip(f"{path} not fetched (python -m lepton_compile.bench.zoo fetch {name})")
+        pytest.skip(f"{path} not fetched (python benchmarks/zoo.py fetch {name})")
     found = assert_no_fusion_hidden(onnx.load(path))
     if name == "minilm-l6-dyn":
         assert found["com.microsoft.BiasGelu"] == 6

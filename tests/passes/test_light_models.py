@@ -11,6 +11,7 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 import pytest
+from pass_harness import with_random_weights
 
 from lepton_compile.passes import optimize
 from lepton_compile.passes.testing import assert_same_outputs, random_inputs, run_ort
@@ -51,45 +52,12 @@ def test_fused_pipeline_on_light_model(path):
         assert after <= 123
 
 
-def _random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """The same architecture with seeded random weights, and logits instead of softmax.
-
-    The light models fill every weight with one constant, so their softmax is uniform
-    (or one-hot) and would hide a wrongly folded BatchNorm. Weights stay IR-3 style
-    initializer inputs, so the pipeline still has to free them first.
-    """
-    rng = np.random.default_rng(seed)
-    graph = model.graph
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-            shape = [int(d) for d in inits[node.input[0]]]
-            if len(shape) >= 2:
-                array = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
-            else:
-                array = rng.uniform(0.5, 1.5, shape)  # BN scale/var and the like
-            graph.initializer.append(
-                onnx.numpy_helper.from_array(array.astype(np.float32), node.output[0])
-            )
-            graph.input.append(
-                onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, shape)
-            )
-        else:
-            nodes.append(node)
-    if nodes[-1].op_type == "Softmax":
-        graph.output[0].name = nodes.pop().input[0]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["light_resnet50", "light_densenet121", "light_inception_v2", "light_shufflenet"]
 )
 def test_fused_pipeline_on_light_model_random_weights(name):
-    model = _random_weights(onnx.load(os.path.join(LIGHT_DIR, f"{name}.onnx")))
+    model = with_random_weights(onnx.load(os.path.join(LIGHT_DIR, f"{name}.onnx")))
     onnx.checker.check_model(model)
     result = optimize(model, pipeline="fused")
     assert len(result.model.graph.node) < len(model.graph.node)

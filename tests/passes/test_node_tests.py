@@ -104,7 +104,8 @@ def _load(source: str, name: str, node_cases: dict) -> tuple[onnx.ModelProto, li
 def _run_case(source: str, name: str, node_cases: dict) -> tuple[str, str, str]:
     """(status, detail, what verification makes of a failure: "" when it held)."""
     from lepton_compile.passes import optimize
-    from lepton_compile.passes.verify import Reference, one_line
+    from lepton_compile.passes.errors import one_line
+    from lepton_compile.passes.verify import Reference
 
     model, feeds = _load(source, name, node_cases)
     references = [Reference.prepare(model, feeds=f) for f in feeds or [None]]

@@ -25,6 +25,7 @@ from lepton_compile.passes.prune import (
     check_24,
     prune_channels_by_index,
 )
+from lepton_compile.passes.prune.dependency_groups import analyse
 from lepton_compile.passes.testing import random_inputs, run_ort
 
 RNG_SEED = 0
@@ -828,7 +829,7 @@ def _zero_dropped_inputs(model: ir.Model, kept: dict[str, np.ndarray]) -> onnx.M
 
     Those channels then do not reach any output, so pruning them changes nothing.
     """
-    copy, analysis = prune._analyse(model)
+    copy, analysis = analyse(model)
     roots = {group.id: root for root, group in analysis.groups()}
     selection = {roots[gid]: indices for gid, indices in kept.items()}
     producers = {leaf.producer for leaf in analysis.leaves}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import tempfile
@@ -11,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
+import pass_harness
 import pytest
 from conftest import text_model
-from make_models import tinycnn
 from onnx import TensorProto, numpy_helper
+from pass_harness import apply, attr, check, fidelity, initializer, nodes, ops, opset, producer, run
 
-from lepton_compile.errors import InputError
+from lepton_compile.passes.errors import PassInputError
 from lepton_compile.passes.quantize import (
     MIN_CALIBRATION_SAMPLES,
     Float16Pass,
@@ -33,16 +34,8 @@ MIN_COSINE = 0.99
 
 # -- models and helpers ---------------------------------------------------------------------
 
-
-def static_tinycnn(batch: int = 1) -> onnx.ModelProto:
-    m = tinycnn()
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
-    return m
-
-
-def images(n: int, seed: int, batch: int = 1) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"images": rng.standard_normal((batch, 3, 96, 96), np.float32)} for _ in range(n)]
+static_tinycnn = functools.partial(pass_harness.tinycnn_at, batch=1)
+images = functools.partial(pass_harness.tinycnn_images, batch=1)
 
 
 def transformer(d: int = 32, ffn: int = 48, seq: int = 8) -> onnx.ModelProto:
@@ -88,24 +81,6 @@ def tokens(n: int, seed: int) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.standard_normal((1, 8, 32), np.float32)} for _ in range(n)]
 
 
-def apply(p: ir.passes.PassBase, model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    result = p(ir.serde.deserialize_model(model))
-    return ir.serde.serialize_model(result.model), result.modified
-
-
-def run(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(feed))
-
-
-def fidelity(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-    """Cosine similarity and max-abs error of `out` against `ref`."""
-    a = ref.astype(np.float64).ravel()
-    b = out.astype(np.float64).ravel()
-    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return cos, float(np.abs(a - b).max())
-
-
 def check_close(
     model: onnx.ModelProto,
     quantized: onnx.ModelProto,
@@ -116,35 +91,6 @@ def check_close(
     for ref, out in zip(run(model, feed), run(quantized, feed), strict=True):
         cos, err = fidelity(ref, out)
         assert cos > min_cos and err < max_abs, f"cosine {cos:.5f}, max-abs {err:.4g}"
-
-
-def nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {n.name: n for n in model.graph.node}
-
-
-def producer(model: onnx.ModelProto, value: str) -> onnx.NodeProto | None:
-    return next((n for n in model.graph.node if value in n.output), None)
-
-
-def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto | None:
-    return next((t for t in model.graph.initializer if t.name == name), None)
-
-
-def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    a = next((a for a in node.attribute if a.name == name), None)
-    return onnx.helper.get_attribute_value(a) if a is not None else default
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [n.op_type for n in model.graph.node]
-
-
-def check(model: onnx.ModelProto) -> None:
-    onnx.checker.check_model(model, full_check=True)
-
-
-def opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 UNQUANTIZABLE = text_model(
@@ -221,7 +167,7 @@ def _bad_feeds(kind: str) -> list[dict[str, np.ndarray]]:
 )
 def test_static_int8_bad_calibration_is_input_error(kind: str, words: list[str]) -> None:
     p = QuantizeStaticInt8Pass(_bad_feeds(kind))
-    with pytest.raises(InputError) as e:
+    with pytest.raises(PassInputError) as e:
         p(ir.serde.deserialize_model(static_tinycnn()))
     msg = str(e.value)
     assert "\n" not in msg
@@ -231,7 +177,7 @@ def test_static_int8_bad_calibration_is_input_error(kind: str, words: list[str])
 
 @pytest.mark.parametrize("n", [0, MIN_CALIBRATION_SAMPLES - 1])
 def test_static_int8_too_few_samples_is_input_error(n: int) -> None:
-    with pytest.raises(InputError, match=f"at least {MIN_CALIBRATION_SAMPLES} calibration"):
+    with pytest.raises(PassInputError, match=f"at least {MIN_CALIBRATION_SAMPLES} calibration"):
         QuantizeStaticInt8Pass(images(n, seed=1))
 
 
@@ -455,7 +401,7 @@ def test_nothing_to_quantize_is_not_modified() -> None:
 
 
 def test_float16_reexported_for_recipes() -> None:
-    from lepton_compile.passes.quantize_float import Float16Pass as F16
+    from lepton_compile.passes.quantize.float16 import Float16Pass as F16
 
     assert Float16Pass is F16
 

@@ -6,6 +6,7 @@ onnxruntime's CPU provider has few BF16 kernels.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,22 +15,33 @@ import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
+import pass_harness
 import pytest
 from conftest import text_model
-from make_models import tinycnn
 from onnx import TensorProto, numpy_helper
+from pass_harness import (
+    apply,
+    attr,
+    check,
+    consumers,
+    fidelity,
+    initializer,
+    nodes,
+    ops,
+    opset,
+    producer,
+    run,
+)
 
-from lepton_compile.errors import InputError
-from lepton_compile.passes.quantize_float import (
-    BF16_OPSET,
+from lepton_compile.passes.errors import PassInputError
+from lepton_compile.passes.quantize import (
     FP8_E4M3_MAX,
-    FP16_MAX,
-    FP16_TINY,
     BFloat16Pass,
     Float16Pass,
     QuantizeFP8Pass,
 )
+from lepton_compile.passes.quantize.bfloat16 import BF16_OPSET
+from lepton_compile.passes.quantize.float16 import FP16_MAX, FP16_TINY
 
 MIN_COSINE = 0.99  # the default --max-accuracy-drop of 0.01
 BF16_RTOL = 1e-2  # bf16 keeps 8 significant bits: ~0.4% per rounding, a few roundings deep
@@ -38,16 +50,8 @@ FP16_RTOL = 1e-3
 
 # -- models and helpers ---------------------------------------------------------------------
 
-
-def static_tinycnn(batch: int = 2) -> onnx.ModelProto:
-    m = tinycnn()
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
-    return m
-
-
-def images(n: int, seed: int, batch: int = 2) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"images": rng.standard_normal((batch, 3, 96, 96), np.float32)} for _ in range(n)]
+static_tinycnn = functools.partial(pass_harness.tinycnn_at, batch=2)
+images = functools.partial(pass_harness.tinycnn_images, batch=2)
 
 
 def mlp_feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -63,21 +67,6 @@ def with_logits(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return out
 
 
-def apply(p: ir.passes.PassBase, model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    result = p(ir.serde.deserialize_model(model))
-    return ir.serde.serialize_model(result.model), result.modified
-
-
-def run(
-    model: onnx.ModelProto, feed: Mapping[str, np.ndarray], level: object = None
-) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    if level is not None:
-        opts.graph_optimization_level = level
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(feed))
-
-
 def run_lepton(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], tmp: Path) -> list:
     pytest.importorskip("torch", reason="the lepton backend (BF16 kernels on CPU) needs torch")
     from lepton_compile.runtime import get_backend
@@ -89,13 +78,6 @@ def run_lepton(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], tmp: Path
     return [outs[o.name] for o in model.graph.output]
 
 
-def fidelity(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-    """Cosine similarity and max-abs error of `out` against `ref`."""
-    a = ref.astype(np.float64).ravel()
-    b = out.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))), float(np.abs(a - b).max())
-
-
 def assert_close(refs: list, outs: list, min_cos: float, rtol: float = math.inf) -> None:
     """Cosine above `min_cos`, and max-abs error within `rtol` of the reference's largest value."""
     for ref, out in zip(refs, outs, strict=True):
@@ -103,39 +85,6 @@ def assert_close(refs: list, outs: list, min_cos: float, rtol: float = math.inf)
         cos, err = fidelity(ref, out)
         bound = rtol * float(np.abs(ref).max())
         assert cos > min_cos and err <= bound, f"cosine {cos:.6f}, max-abs {err:.4g} > {bound:.4g}"
-
-
-def check(model: onnx.ModelProto) -> None:
-    onnx.checker.check_model(model, full_check=True)
-
-
-def nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {n.name: n for n in model.graph.node}
-
-
-def producer(model: onnx.ModelProto, value: str) -> onnx.NodeProto | None:
-    return next((n for n in model.graph.node if value in n.output), None)
-
-
-def consumers(model: onnx.ModelProto, value: str) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if value in n.input]
-
-
-def initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto | None:
-    return next((t for t in model.graph.initializer if t.name == name), None)
-
-
-def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    a = next((a for a in node.attribute if a.name == name), None)
-    return onnx.helper.get_attribute_value(a) if a is not None else default
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [n.op_type for n in model.graph.node]
-
-
-def opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def io_types(model: onnx.ModelProto) -> list[int]:
@@ -442,9 +391,8 @@ def test_fp8_relu_before_quantize_survives_ort_optimizations(tinycnn_fp8) -> Non
     pass places the QDQ before such a Relu, so every level computes the same."""
     _, q, _ = tinycnn_fp8
     feed = images(1, seed=5)[0]
-    levels = ort.GraphOptimizationLevel
-    plain = run(q, feed, levels.ORT_DISABLE_ALL)
-    optimized = run(q, feed, levels.ORT_ENABLE_ALL)
+    plain = run(q, feed, "disable")
+    optimized = run(q, feed, "all")
     for a, b in zip(plain, optimized, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     relu = producer(q, nodes(q)["Conv_6"].input[0])
@@ -519,7 +467,7 @@ def test_fp8_nodes_to_exclude_stay_fp32(mlp_path: Path) -> None:
 )
 def test_fp8_bad_calibration_is_input_error(mlp_path: Path, feeds, words: str) -> None:
     model = ir.serde.deserialize_model(onnx.load(mlp_path))
-    with pytest.raises(InputError) as e:
+    with pytest.raises(PassInputError) as e:
         QuantizeFP8Pass(feeds(mlp_feeds(2, seed=1)))(model)
     assert words in str(e.value) and "\n" not in str(e.value)
 

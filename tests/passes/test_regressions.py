@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from pass_harness import ops
 
 from lepton_compile.passes import optimize
 from lepton_compile.passes.cleanup import DeduplicateInitializersPass
@@ -23,10 +24,6 @@ RNG = np.random.default_rng(7)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def ops(graph: onnx.GraphProto) -> list[str]:
-    return [node.op_type for node in graph.node]
 
 
 def holds(

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from pass_harness import ops
 
 from lepton_compile.passes import optimize, registry
 from lepton_compile.passes.testing import model_from_text, run_ort
@@ -44,10 +45,6 @@ def mlp(batch: str = "1") -> onnx.ModelProto:
         """,
         MLP_WEIGHTS,
     )
-
-
-def ops(model: onnx.ModelProto) -> list[str]:
-    return [n.op_type for n in model.graph.node]
 
 
 class FlipReluPass(ir.passes.InPlacePass):

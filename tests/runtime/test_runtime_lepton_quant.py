@@ -1,6 +1,6 @@
 """Quantized models on lepton (CPU, torch's integer and FP8 kernels) against onnxruntime.
 
-Models are the project's own: small nets from bench/suites/e2e_models.py (a conv net with a
+Models are the project's own: small nets from benchmarks/e2e_models.py (a conv net with a
 residual and a depthwise layer, an MLP, an attention block) built by lepton-compile's
 recipes (int8-qdq, int8-gpu, int8-dynamic, fp8, int4-weight).
 
@@ -20,7 +20,6 @@ its unoptimized result by up to 2.3e-2 on the attention block.)
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ torch = pytest.importorskip("torch", reason="the lepton backend needs torch")
 ort = pytest.importorskip("onnxruntime")
 
 from lepton_compile.accuracy import compare  # noqa: E402
+from lepton_compile.passes import ort_session  # noqa: E402
 from lepton_compile.runtime.lepton import LeptonSession, parse_options  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,18 +46,9 @@ RECIPE_DTYPE = {
 }
 
 
-def _models():
-    spec = importlib.util.spec_from_file_location(
-        "e2e_models", REPO / "bench" / "suites" / "e2e_models.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.append(str(REPO / "benchmarks"))  # last: its module names must not shadow anything
+import e2e_models as E  # noqa: E402
 
-
-E = _models()
 _CACHE: dict[tuple[str, str], tuple[onnx.ModelProto, dict]] = {}
 
 
@@ -72,12 +63,9 @@ def variant(model: str, recipe: str) -> tuple[onnx.ModelProto, dict[str, np.ndar
 
 
 def ort_run(model: onnx.ModelProto, feeds: dict, optimize: bool = False) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
+    """onnxruntime's CPU result; its graph optimizations off unless `optimize`."""
+    level = "all" if optimize else "disable"
+    return ort_session.session(model, optimization=level).run(None, feeds)[0]
 
 
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
@@ -301,7 +289,7 @@ def test_int8_zoo_cnn_passes_verification() -> None:
 
     path = zoo.default_cache_dir() / "ppocr-cls.onnx"
     if not path.exists():
-        pytest.skip("ppocr-cls is not in the model cache (python -m lepton_compile.bench.zoo)")
+        pytest.skip("ppocr-cls is not in the model cache (benchmarks/zoo.py fetch ppocr-cls)")
     model = onnx.load(str(path))
     feeds = [zoo.example_inputs("ppocr-cls", path, seed=s) for s in range(8)]
     for vi in model.graph.input:  # fix the dynamic dims to the example's

@@ -23,9 +23,12 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -97,87 +100,69 @@ def launch_counts() -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------
-# The ops. Epilogue arguments: activation, its params, post_activation, its params.
+# The ops: each is lepton::<name>(<its inputs>, <the epilogue>) -> Tensor.
+
+# The epilogue arguments every op ends with, passed on to the kernel launchers by name.
+_EPILOGUE_SCHEMA = (
+    "str activation, float[] activation_params, str post_activation, "
+    "float[] post_activation_params, ScalarType out_dtype"
+)
+_EPILOGUE = tuple(arg.split()[-1] for arg in _EPILOGUE_SCHEMA.split(", "))
 
 
-@torch.library.custom_op("lepton::gemm", mutates_args=())
-def gemm(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    activation: str,
-    activation_params: list[float],
-    post_activation: str,
-    post_activation_params: list[float],
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return kernel_module("gemm").gemm(
-        _rows(a),
-        _rows(b),
-        bias,
-        residual,
-        activation=activation,
-        activation_params=activation_params,
-        post_activation=post_activation,
-        post_activation_params=post_activation_params,
-        out_dtype=out_dtype,
-    )
+def _fused_op(
+    name: str,
+    inputs: str,
+    run: Callable[..., torch.Tensor],
+    fake: Callable[..., torch.Tensor],
+) -> Any:
+    """Register lepton::<name>(<inputs>, <epilogue>) -> Tensor as a torch custom op.
+
+    `inputs` is the schema of the leading arguments; `run(*inputs, **epilogue)` computes the
+    op on real tensors, `fake(*inputs, out_dtype=...)` makes the output for fake ones.
+    """
+    count = inputs.count(",") + 1
+
+    def impl(*args: Any) -> torch.Tensor:
+        return run(*args[:count], **dict(zip(_EPILOGUE, args[count:], strict=True)))
+
+    def fake_impl(*args: Any) -> torch.Tensor:
+        return fake(*args[:count], out_dtype=args[-1])
+
+    schema = f"({inputs}, {_EPILOGUE_SCHEMA}) -> Tensor"
+    op = torch.library.custom_op(f"lepton::{name}", impl, mutates_args=(), schema=schema)
+    op.register_fake(fake_impl)
+    return op
 
 
-@gemm.register_fake
-def _(a, b, bias, residual, activation, activation_params, post, post_params, out_dtype):
-    return a.new_empty((*a.shape[:-1], b.shape[1]), dtype=out_dtype)
+def _gemm(a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, **epi: Any) -> Tensor:
+    return kernel_module("gemm").gemm(_rows(a), _rows(b), bias, residual, **epi)
 
 
-@torch.library.custom_op("lepton::gemm_tma", mutates_args=())
-def gemm_tma(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    activation: str,
-    activation_params: list[float],
-    post_activation: str,
-    post_activation_params: list[float],
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
+def _gemm_tma(
+    a: Tensor, b: Tensor, bias: Tensor | None, residual: Tensor | None, **epi: Any
+) -> Tensor:
     if a.stride(-1) != 1:
         a = a.contiguous()
-    return kernel_module("gemm_tma").gemm_tma(
-        a,
-        b,
-        bias,
-        residual,
-        activation=activation,
-        activation_params=activation_params,
-        post_activation=post_activation,
-        post_activation_params=post_activation_params,
-        out_dtype=out_dtype,
-    )
+    return kernel_module("gemm_tma").gemm_tma(a, b, bias, residual, **epi)
 
 
-@gemm_tma.register_fake
-def _(a, b, bias, residual, activation, activation_params, post, post_params, out_dtype):
+def _matmul_out(a: Tensor, b: Tensor, *_: Any, out_dtype: torch.dtype) -> Tensor:
+    """a (..., K) @ b (K, N) -> (..., N)."""
     return a.new_empty((*a.shape[:-1], b.shape[1]), dtype=out_dtype)
 
 
-@torch.library.custom_op("lepton::conv2d", mutates_args=())
-def conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
+def _conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    residual: Tensor | None,
     stride: list[int],
     padding: list[int],
     dilation: list[int],
     groups: int,
-    activation: str,
-    activation_params: list[float],
-    post_activation: str,
-    post_activation_params: list[float],
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
+    **epi: Any,
+) -> Tensor:
     return kernel_module("conv").conv2d(
         _channels_last(x),
         weight,
@@ -187,19 +172,15 @@ def conv2d(
         padding=padding,
         dilation=dilation,
         groups=groups,
-        activation=activation,
-        activation_params=activation_params,
-        post_activation=post_activation,
-        post_activation_params=post_activation_params,
-        out_dtype=out_dtype,
+        **epi,
     )
 
 
-@conv2d.register_fake
-def _(x, weight, bias, residual, stride, padding, dilation, groups, act, ap, post, pp, out_dtype):
+def _conv2d_out(x: Tensor, weight: Tensor, *args: Any, out_dtype: torch.dtype) -> Tensor:
+    """(N, C_out, P, Q) channels-last; args: bias, residual, stride, padding, dilation, groups."""
+    stride, (top, left, bottom, right), dilation = args[2:5]
     n, _, h, w = x.shape
     cout, _, r, s = weight.shape
-    top, left, bottom, right = padding
     p = (h + top + bottom - dilation[0] * (r - 1) - 1) // stride[0] + 1
     q = (w + left + right - dilation[1] * (s - 1) - 1) // stride[1] + 1
     return torch.empty(
@@ -207,74 +188,52 @@ def _(x, weight, bias, residual, stride, padding, dilation, groups, act, ap, pos
     )
 
 
-@torch.library.custom_op("lepton::scaled_gemm", mutates_args=())
-def scaled_gemm(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    a_scale: torch.Tensor,
-    b_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
+def _scaled_gemm(
+    a: Tensor,
+    b: Tensor,
+    a_scale: Tensor,
+    b_scale: Tensor,
+    bias: Tensor | None,
+    residual: Tensor | None,
     kind: str,
-    activation: str,
-    activation_params: list[float],
-    post_activation: str,
-    post_activation_params: list[float],
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
+    **epi: Any,
+) -> Tensor:
     mod = kernel_module("gemm_scaled")
     fn = mod.w8a8_gemm if kind == "w8a8" else mod.fp8_gemm
-    return fn(
-        _rows(a),
-        _rows(b),
-        a_scale,
-        b_scale,
-        bias,
-        residual,
-        activation=activation,
-        activation_params=activation_params,
-        post_activation=post_activation,
-        post_activation_params=post_activation_params,
-        out_dtype=out_dtype,
-    )
+    return fn(_rows(a), _rows(b), a_scale, b_scale, bias, residual, **epi)
 
 
-@scaled_gemm.register_fake
-def _(a, b, a_scale, b_scale, bias, residual, kind, act, ap, post, pp, out_dtype):
-    return a.new_empty((*a.shape[:-1], b.shape[1]), dtype=out_dtype)
+def _int4_gemm(a: Tensor, b: Tensor, *args: Any, **epi: Any) -> Tensor:
+    """args: scales, zeros, bias, residual, block_size."""
+    *tensors, block_size = args
+    return kernel_module("gemm_int4").int4_gemm(a, b, *tensors, block_size=block_size, **epi)
 
 
-@torch.library.custom_op("lepton::int4_gemm", mutates_args=())
-def int4_gemm(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    block_size: int,
-    activation: str,
-    activation_params: list[float],
-    post_activation: str,
-    post_activation_params: list[float],
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return kernel_module("gemm_int4").int4_gemm(
-        a,
-        b,
-        scales,
-        zeros,
-        bias,
-        residual,
-        block_size=block_size,
-        activation=activation,
-        activation_params=activation_params,
-        post_activation=post_activation,
-        post_activation_params=post_activation_params,
-        out_dtype=out_dtype,
-    )
-
-
-@int4_gemm.register_fake
-def _(a, b, scales, zeros, bias, residual, block_size, act, ap, post, pp, out_dtype):
+def _int4_out(a: Tensor, b: Tensor, *_: Any, out_dtype: torch.dtype) -> Tensor:
+    """a (..., K) @ the packed (N, K / 2) weight -> (..., N)."""
     return a.new_empty((*a.shape[:-1], b.shape[0]), dtype=out_dtype)
+
+
+_MATMUL = "Tensor a, Tensor b, Tensor? bias, Tensor? residual"
+gemm = _fused_op("gemm", _MATMUL, _gemm, _matmul_out)
+gemm_tma = _fused_op("gemm_tma", _MATMUL, _gemm_tma, _matmul_out)
+conv2d = _fused_op(
+    "conv2d",
+    "Tensor x, Tensor weight, Tensor? bias, Tensor? residual, SymInt[] stride, "
+    "SymInt[] padding, SymInt[] dilation, SymInt groups",
+    _conv2d,
+    _conv2d_out,
+)
+scaled_gemm = _fused_op(
+    "scaled_gemm",
+    "Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, Tensor? residual, str kind",
+    _scaled_gemm,
+    _matmul_out,
+)
+int4_gemm = _fused_op(
+    "int4_gemm",
+    "Tensor a, Tensor b, Tensor scales, Tensor? zeros, Tensor? bias, Tensor? residual, "
+    "SymInt block_size",
+    _int4_gemm,
+    _int4_out,
+)

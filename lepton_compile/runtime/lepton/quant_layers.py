@@ -489,6 +489,17 @@ class _Layer:
     w_zero: torch.Tensor | None  # (N,) int32 on the int8 scale
     bias: torch.Tensor | None  # (N,) fp32
 
+    def gemm(
+        self, ctx: NodeCtx, op: str, rows: torch.Tensor, kind: str, out_dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The layer's GEMM on (M, K) activation rows (traced, of the layer's kind), (M, N)
+        in out_dtype; None for FP8 when neither route can run it (the float path then)."""
+        a_scale, w, w_scale, bias = self.a_scale, self.w_nk, self.w_scale, self.bias
+        if kind == "fp8":
+            return fp8_gemm(ctx, op, rows, a_scale, w, w_scale, bias, out_dtype)
+        a_zero, w_zero = self.a_zero, self.w_zero
+        return int8_gemm(ctx, op, rows, a_zero, a_scale, w, w_zero, w_scale, bias, out_dtype)
+
 
 def _prepare(
     ctx: NodeCtx,
@@ -536,30 +547,14 @@ def quantized_conv(ctx: NodeCtx) -> torch.Tensor | None:
     layer = _prepare(ctx, qa, qw, rows, 0, 2)
     if layer is None:
         return None
-    if qa.kind == "fp8":
-        cols = im2col(x.view(torch.uint8), g, 0).view(FP8)
-        y = fp8_gemm(
-            ctx, "QConv", cols, layer.a_scale, layer.w_nk, layer.w_scale, layer.bias, out_dtype
-        )
-        if y is None:
-            return None
-        return y.reshape(n, p, q, cout).permute(0, 3, 1, 2)
+    if qa.kind == "fp8" or g.group == 1:
+        if qa.kind == "fp8":  # padded through the uint8 view: byte 0 is +0.0
+            cols = im2col(x.view(torch.uint8), g, 0).view(FP8)
+        else:
+            cols = im2col(to_int8(x), g, layer.a_zero)
+        y = layer.gemm(ctx, "QConv", cols, qa.kind, out_dtype)
+        return None if y is None else y.reshape(n, p, q, cout).permute(0, 3, 1, 2)
     a8 = to_int8(x)
-    if g.group == 1:
-        cols = im2col(a8, g, layer.a_zero)
-        y = int8_gemm(
-            ctx,
-            "QConv",
-            cols,
-            layer.a_zero,
-            layer.a_scale,
-            layer.w_nk,
-            layer.w_zero,
-            layer.w_scale,
-            layer.bias,
-            out_dtype,
-        )
-        return y.reshape(n, p, q, cout).permute(0, 3, 1, 2)
 
     def lift(t: torch.Tensor) -> torch.Tensor:
         return _lift(ctx, t)
@@ -612,28 +607,9 @@ def quantized_matmul(ctx: NodeCtx, bias_index: int | None = None) -> torch.Tenso
     if layer is None:
         return None
     a2 = dense(a).reshape(-1, k)
-    out_dtype = ctx.in_dtype(0)
-    op_name = "Q" + ctx.op_type
-    if qa.kind == "fp8":
-        y = fp8_gemm(
-            ctx, op_name, a2, layer.a_scale, layer.w_nk, layer.w_scale, layer.bias, out_dtype
-        )
-        if y is None:
-            return None
-    else:
-        y = int8_gemm(
-            ctx,
-            op_name,
-            to_int8(a2),
-            layer.a_zero,
-            layer.a_scale,
-            layer.w_nk,
-            layer.w_zero,
-            layer.w_scale,
-            layer.bias,
-            out_dtype,
-        )
-    return y.reshape(*a.shape[:-1], n)
+    rows = a2 if qa.kind == "fp8" else to_int8(a2)
+    y = layer.gemm(ctx, "Q" + ctx.op_type, rows, qa.kind, ctx.in_dtype(0))
+    return None if y is None else y.reshape(*a.shape[:-1], n)
 
 
 __all__ = [
