@@ -406,3 +406,12 @@ def test_cache_command_path_and_ages(tmp_path: Path, capsys):
     assert main(["cache", "--path", str(path), "clear", "--older-than", "soon"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("lepton-compile cache clear: error:") and "soon" in err[-1]
+
+
+def test_kernels_flag_reaches_the_options():
+    from lepton_compile.cli import build_parser
+    from lepton_compile.cli.cmd_compile import build_options
+
+    args = build_parser().parse_args(["compile", "m.onnx", "--kernels", "torch"])
+    assert build_options(args).kernels == "torch"
+    assert main(["m.onnx", "--kernels", "fastest"]) == 2

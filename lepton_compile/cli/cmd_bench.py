@@ -61,6 +61,7 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
         device=args.device,
         inputs_dir=args.inputs,
         meter=args.meter,
+        kernels=args.kernels,
         cpu_watts=args.cpu_watts,
         window_s=args.window_s,
         quick=args.quick,

@@ -293,6 +293,7 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
         max_accuracy_drop=max_drop,
         max_latency_ms=args.max_latency_ms,
         meter=args.meter,
+        kernels=args.kernels,
         cpu_watts=args.cpu_watts,
         quick=args.quick,
         window_s=args.window_s,

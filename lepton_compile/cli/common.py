@@ -151,6 +151,14 @@ def measurement_flags(isolate_help: str) -> ArgParser:
         help="device to run on (default: cuda if available, else cpu)",
     )
     g.add_argument(
+        "--kernels",
+        choices=["auto", "triton", "torch"],
+        default="auto",
+        help="lepton backend: run fused and quantized layers on our Triton kernels or on "
+        "torch's route, per layer (auto: time both on each layer's shapes on a GPU and keep "
+        "the faster; torch on a CPU; default: auto)",
+    )
+    g.add_argument(
         "--meter",
         choices=["auto", "nvml", "rapl", "estimate"],
         default="auto",
