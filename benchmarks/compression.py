@@ -27,19 +27,17 @@ ships with these models), so fidelity is agreement with the FP32 model, not task
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from suite import RESULTS, check_models, run_models, write_results
+
 from lepton_compile import compile as lc_compile
-from lepton_compile.bench.device import device_record, record_key
 from lepton_compile.bench.zoo import MODELS, fetch
 from lepton_compile.recipes import Recipe
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 DEFAULT_MODELS = [
     "ppocr-cls",  # CNN classifier
     "picodet-layout",  # detector
@@ -176,18 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "compression-cpu.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        ap.error(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+    check_models(ap, args.models)
     recipes = [r for r in args.recipes.split(",") if r]
-    rows = []
-    for name in args.models:
-        try:
-            rows.append(run_one(name, recipes, args.quick, args.search_budget_s))
-        except Exception as e:  # one model's failure is a result too
-            log.exception("%s failed", name)
-            rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
-        _write(args, rows, recipes, argv)  # after each model: a partial run still leaves data
+    rows = run_models(
+        args.models,
+        lambda name: run_one(name, recipes, args.quick, args.search_budget_s),
+        lambda rows: _write(args, rows, recipes, argv),
+    )
     print(f"wrote {args.out}")
     for r in rows:
         if "error" in r:
@@ -201,26 +194,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(args: argparse.Namespace, rows: list[dict], recipes: list[str], argv) -> None:
-    dev = device_record(["CPUExecutionProvider"])
-    dev["key"] = record_key(dev)
-    result = {
-        "suite": "compression",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/compression.py " + " ".join(argv or sys.argv[1:]),
-        "protocol": "quick" if args.quick else "default",
-        "device": dev,
-        "max_accuracy_drop": MAX_DROP,
-        "recipes": ["ort-default-int8", *recipes],
-        "inputs": "generated (seeded); fidelity is agreement with the FP32 original",
-        "targets": {
+    write_results(
+        args.out,
+        "compression",
+        argv,
+        rows,
+        protocol="quick" if args.quick else "default",
+        max_accuracy_drop=MAX_DROP,
+        recipes=["ort-default-int8", *recipes],
+        inputs="generated (seeded); fidelity is agreement with the FP32 original",
+        targets={
             "per_model": "a compressed variant (size < 95% of FP32) passes drop <= 1% "
             "where onnxruntime's default quantize_static does not",
             "speed": "speed_vs_fp32 is measured, not assumed (interleaved, same run)",
         },
-        "results": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,8 @@ the log-ratios). That independent A/B is what the targets are checked on:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from suite import RESULTS, check_models, cold_run, run_models, write_results
 
-from lepton_compile.bench.device import device_record, record_key
 from lepton_compile.bench.stats import paired_ratio
-from lepton_compile.bench.zoo import MODELS, fetch
+from lepton_compile.bench.zoo import MODELS
 
 DEFAULT_MODELS = [
     "resnet50",
@@ -43,7 +39,6 @@ DEFAULT_MODELS = [
     "ddddocr-ocr-beta",
     "minilm-l6",
 ]
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 log = logging.getLogger("bench.pipeline")
 
@@ -95,21 +90,8 @@ def ab(a: Any, b: Any, feed: dict, trials: int, window_s: float, seed: int = 0) 
 
 def run_one(name: str, quick: bool, work: Path) -> dict:
     spec = MODELS[name]
-    path = fetch(name)
-    out = work / f"{name}.lepton"
-    shapes = [f"{k}={'x'.join(map(str, v))}" for k, v in spec.input_shapes.items()]
-    cmd = ["lepton-compile", str(path), "-o", str(out), "--json"]
-    for s in shapes:
-        cmd += ["--input-shape", s]
-    if quick:
-        cmd.append("--quick")
-    env = dict(os.environ, LEPTON_CACHE=str(work / f"{name}-cache.sqlite"))  # cold
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    rep = json.loads((out / "report.json").read_text())
+    run = cold_run(name, ["--quick"] if quick else [], work)
+    path, out, rep, wall = run.path, run.out, run.report, run.wall_s
     by_id = {v["id"]: v for v in rep["variants"]}
     base = by_id[rep["baseline"]]
     best = rep["best"]
@@ -141,8 +123,8 @@ def run_one(name: str, quick: bool, work: Path) -> dict:
         "kind": spec.kind,
         "size_bytes": size,
         "input_shapes": spec.input_shapes,
-        "command": " ".join(cmd[:1] + [name] + cmd[2:]),
-        "exit_code": proc.returncode,
+        "command": run.shown_command,
+        "exit_code": run.exit_code,
         "wall_s": round(wall, 1),
         "wall_target_s": limit,
         "pick": best["id"],
@@ -171,6 +153,13 @@ def run_one(name: str, quick: bool, work: Path) -> dict:
     return row
 
 
+TARGETS = {
+    "wall_s": "<= 180 s up to ~10 MB, <= 300 s up to ~100 MB (cold)",
+    "pick_ab_speedup": ">= 0.97 on every model (independent A/B)",
+    "pick_takes_the_gain": "where a verified variant is >= 1.2x in the A/B, the pick is >= 1.15x",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=DEFAULT_MODELS)
@@ -178,35 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline-cpu.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        ap.error(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
-    rows = []
+    check_models(ap, args.models)
+    protocol = "quick" if args.quick else "default flags, cold result cache"
     with tempfile.TemporaryDirectory(prefix="lepton-bench-") as tmp:
-        for name in args.models:
-            try:
-                rows.append(run_one(name, args.quick, Path(tmp)))
-            except Exception as e:  # one model's failure is a result too
-                log.exception("%s failed", name)
-                rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
-    dev = device_record(["CPUExecutionProvider"])
-    dev["key"] = record_key(dev)
-    result = {
-        "suite": "pipeline",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/pipeline.py " + " ".join(argv or sys.argv[1:]),
-        "protocol": "quick" if args.quick else "default flags, cold result cache",
-        "device": dev,
-        "targets": {
-            "wall_s": "<= 180 s up to ~10 MB, <= 300 s up to ~100 MB (cold)",
-            "pick_ab_speedup": ">= 0.97 on every model (independent A/B)",
-            "pick_takes_the_gain": "where a verified variant is >= 1.2x in the A/B, the pick "
-            "is >= 1.15x",
-        },
-        "results": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        run_models(
+            args.models,
+            lambda name: run_one(name, args.quick, Path(tmp)),
+            lambda rows: write_results(
+                args.out, "pipeline", argv, rows, protocol=protocol, targets=TARGETS
+            ),
+        )
     print(f"wrote {args.out}")
     return 0
 
