@@ -298,14 +298,19 @@ class ResultCache:
             self._pid = os.getpid()
         return self._conn
 
-    def _move_aside(self, why: str) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+    def _drop_connection(self) -> None:
+        """Close this process's connection; one inherited through fork() is the parent's to
+        close, so it is only forgotten."""
         if self._conn is not None and self._pid == os.getpid():
             try:
                 self._conn.close()
             except sqlite3.Error:
                 pass
         self._conn = None
+
+    def _move_aside(self, why: str) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self._drop_connection()
         moved = []
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
@@ -457,12 +462,7 @@ class ResultCache:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                try:
-                    self._conn.close()
-                except sqlite3.Error:
-                    pass
-            self._conn = None
+            self._drop_connection()
 
     def __enter__(self) -> ResultCache:
         return self

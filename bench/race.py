@@ -205,7 +205,7 @@ class _Judge:
                 open_.append((r.high - r.low if r else float("inf"), v, r))
         if not open_:
             gain = ms[best].ratio_to(base, q) if best != self.baseline else None
-            return True, f"decided: {best} is the best on {q}" + (
+            return True, f"{best} is the best on {q}" + (
                 f" ({_fmt(gain)} of the original)" if gain is not None else ""
             )
         _, v, r = max(open_, key=lambda t: t[0])

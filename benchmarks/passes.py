@@ -108,19 +108,10 @@ def _op_key(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
-def _walk(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _walk(g)
-
-
 def graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
-    hist = Counter(_op_key(n) for n in _walk(model.graph))
+    from lepton_compile.passes.walk import proto_nodes
+
+    hist = Counter(_op_key(n) for n in proto_nodes(model.graph))
     inits = {i.name for i in model.graph.initializer}
     facts = {
         "nodes": sum(hist.values()),
@@ -139,7 +130,9 @@ def graph_facts(model: onnx.ModelProto) -> dict[str, Any]:
     if model.functions:  # ai.lepton ops carry model-local functions, which ORT inlines
         from onnx import inliner
 
-        facts["nodes_inlined"] = sum(1 for _ in _walk(inliner.inline_local_functions(model).graph))
+        facts["nodes_inlined"] = sum(
+            1 for _ in proto_nodes(inliner.inline_local_functions(model).graph)
+        )
     return facts
 
 
@@ -297,6 +290,8 @@ def _fix_ort_saved(path: Path, user_inputs: list[str]) -> dict[str, Any]:
     initializers or that no node reads (IR >= 4 allows it) so the saved model can be run."""
     import onnxruntime as ort
 
+    from lepton_compile.passes.walk import proto_nodes
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -312,7 +307,7 @@ def _fix_ort_saved(path: Path, user_inputs: list[str]) -> dict[str, Any]:
         info["fresh_session_error"] = _one_line(e)
     m = onnx.load(str(path))
     inits = {i.name for i in m.graph.initializer}
-    used = {x for n in _walk(m.graph) for x in n.input} | {o.name for o in m.graph.output}
+    used = {x for n in proto_nodes(m.graph) for x in n.input} | {o.name for o in m.graph.output}
     # Initializer inputs, and inputs nothing reads (weights ORT folded away but kept listing).
     drop = [
         i.name

@@ -41,7 +41,8 @@ tinycnn (float[N, 3, 96, 96] images) => (float[N, 10] probs) {
 """
 
 
-def _bn(rng: np.random.Generator, c: int, tag: str) -> dict[str, np.ndarray]:
+def bn_weights(rng: np.random.Generator, c: int, tag: str) -> dict[str, np.ndarray]:
+    """BatchNormalization inputs s, o, m, v (suffixed ``tag``) for ``c`` channels, near identity."""
     return {
         f"s{tag}": rng.uniform(0.5, 1.5, c).astype(np.float32),
         f"o{tag}": rng.normal(0, 0.1, c).astype(np.float32),
@@ -63,9 +64,9 @@ def _conv(rng: np.random.Generator, cout: int, cin: int, tag: str) -> dict[str, 
 def tinycnn(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     weights: dict[str, np.ndarray] = {}
-    weights |= _conv(rng, 32, 3, "1") | _bn(rng, 32, "1")
-    weights |= _conv(rng, 32, 32, "2") | _bn(rng, 32, "2")
-    weights |= _conv(rng, 32, 32, "3") | _bn(rng, 32, "3")
+    weights |= _conv(rng, 32, 3, "1") | bn_weights(rng, 32, "1")
+    weights |= _conv(rng, 32, 32, "2") | bn_weights(rng, 32, "2")
+    weights |= _conv(rng, 32, 32, "3") | bn_weights(rng, 32, "3")
     weights |= _conv(rng, 64, 32, "4")
     weights["wfc"] = (rng.standard_normal((64, 10)) * 0.3).astype(np.float32)
     weights["bfc"] = rng.normal(0, 0.1, 10).astype(np.float32)

@@ -57,10 +57,11 @@ class VariantCache:
         )
 
     def key(self, v: Any) -> str:
+        # The backend's load options (lepton's modes) make variants of one recipe differ.
         return result_key(
             recipe=v.recipe.to_dict(),
             backend=v.backend,
-            backend_options={"device": v.device},
+            backend_options={"device": v.device, **v.options},
             **self.common,
         )
 
@@ -153,6 +154,30 @@ class VariantCache:
             },
             self._labels(v),
         )
+
+    def point_key(self, v: Any, batch: int) -> str:
+        return result_key(
+            recipe=v.recipe.to_dict(),
+            backend=v.backend,
+            backend_options={"device": v.device, **v.options},
+            serving_batch=batch,
+            **self.common,
+        )
+
+    def lookup_point(self, v: Any, batch: int) -> Any:
+        """A cached serving point of ``v`` at ``batch`` (a ``serving.ServingPoint``), or None."""
+        if not self.enabled:
+            return None
+        value = self.store.get(self.point_key(v, batch))
+        point = _unpickle(value.get("point")) if value else None
+        return point if point is not None and point.status == "ok" else None
+
+    def save_point(self, v: Any, batch: int, point: Any) -> None:
+        """Keep a measured point (failures may not repeat: they are measured again)."""
+        if not self.enabled or point is None or point.status != "ok":
+            return
+        labels = {**self._labels(v), "backend": f"{v.backend}-{v.device} @ batch {batch}"}
+        self.store.put(self.point_key(v, batch), {"point": _pickle(point)}, labels)
 
     def close(self) -> None:
         self.store.close()

@@ -281,6 +281,25 @@ SCHEMAS: Mapping[str, OpSchema] = MappingProxyType(
 )
 
 
+def same_pads(
+    auto_pad: str,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    """(begin, end) pads of Conv's (and FusedConv's) auto_pad SAME_UPPER / SAME_LOWER:
+    output = ceil(input / stride), the odd pixel at the end for SAME_UPPER."""
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else big)
+        end.append(big if auto_pad == "SAME_UPPER" else small)
+    return begin, end
+
+
 # ---------------------------------------------------------------------------------------
 # The epilogue of one node.
 

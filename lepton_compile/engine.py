@@ -1,8 +1,10 @@
 """The main job as a sequence of stages over one run context (``lepton_compile.stages``):
 
-    prepare -> plan_variants -> reference -> build -> verify -> measure -> select -> emit
+    prepare -> plan_variants -> reference -> build -> verify -> measure -> serve -> select
+        -> emit
 
-A whole run that is in the result cache is reused instead of the four middle stages.
+A whole run that is in the result cache is reused instead of the four middle stages; the
+serving profile (``batch_sizes``) reuses each batch size whose figures are all cached.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lepton_compile.intake import LoadedModel
 from lepton_compile.modelio import copy_model, uses_external_data
 from lepton_compile.options import CompileOptions
 from lepton_compile.outdir import check_output_dir, replace_dir
+from lepton_compile.serving import Recommendation
 from lepton_compile.stages import Observer, RunContext
 from lepton_compile.variant import Status, VariantResult
 
@@ -40,10 +43,21 @@ class CompileResult:
     report: dict[str, Any]
     workdir: Path
     _tmp: tempfile.TemporaryDirectory | None = None
+    # With batch_sizes: the variant and batch to serve with (best is that variant; best.onnx
+    # keeps the model's own batch dimension, the batch is this recommendation).
+    recommendation: Recommendation | None = None
+    # With mlflow: the MLflow run this compile was logged as (None when it could not be).
+    mlflow_run_id: str | None = None
 
     @property
     def pareto(self) -> list[VariantResult]:
         return [v for v in self.variants if v.pareto]
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a result: the verdict, the variants table and the Pareto plot."""
+        from lepton_compile import report_html
+
+        return report_html.fragment(self.report)
 
     def save(self, outdir: str | Path, force: bool = False) -> Path:
         """Write best.onnx, variants/, report.json/.md/.html into ``outdir``, atomically.
@@ -100,6 +114,16 @@ def compile(
     files), and a variant passes when ``metric(original) - metric(variant) <= max_accuracy_drop``.
     Accuracy-aware recipes (mixed precision, pruning) spend at most ``search_budget_s`` each
     probing layer sensitivity.
+
+    ``batch_sizes=[1, 8, 32]`` adds a serving profile: the model keeps its batch dimension
+    symbolic, every verified variant is measured at each size (latency per batch, throughput,
+    joules per inference), and with the energy objective the pick is the (variant, batch)
+    with the fewest joules per inference whose p99 batch latency meets ``max_latency_ms``
+    (``result.recommendation``; the report's ``serving`` section).
+
+    ``mlflow=True`` (MLflow's default tracking store) or ``mlflow="http://host:5000"`` logs
+    the run to MLflow, in experiment ``mlflow_experiment`` (``lepton_compile.tracking``;
+    ``result.mlflow_run_id``); a store that cannot be reached is one warning, not a failure.
     """
     opts = options if options is not None else CompileOptions(**kwargs)
     opts.validate()
@@ -112,8 +136,12 @@ def compile(
         hits = {v.id: vcache.lookup(v) for v in active}
         if all(hits.values()):
             _reuse(ctx, active, hits, vcache)
+            if ctx.batches is not None:
+                opts = ctx.options
+                with LocalExecutor(opts.isolate, opts.variant_timeout_s, ctx.memory_limit) as ex:
+                    stages.serve(ctx, ex, active, vcache, load=True)
         else:
-            _run(ctx, active, hits)
+            _run(ctx, active, hits, vcache)
             for v in active:
                 vcache.save(v)
     finally:
@@ -121,18 +149,35 @@ def compile(
     sel = stages.select(ctx, variants)
     ctx.observer.done()
     rep = stages.emit(ctx, variants, sel)
-    return CompileResult(
-        ctx.loaded, variants, sel.baseline, sel.best, sel.reason, opts.objective, rep, ctx.work, tmp
+    result = CompileResult(
+        ctx.loaded,
+        variants,
+        sel.baseline,
+        sel.best,
+        sel.reason,
+        opts.objective,
+        rep,
+        ctx.work,
+        tmp,
+        sel.recommendation,
     )
+    if opts.mlflow:
+        from lepton_compile import tracking
+
+        result.mlflow_run_id = tracking.log_compile(result, opts)
+    return result
 
 
-def _run(ctx: RunContext, active: list[VariantResult], hits: dict[str, Any]) -> None:
+def _run(
+    ctx: RunContext, active: list[VariantResult], hits: dict[str, Any], vcache: VariantCache
+) -> None:
     opts = ctx.options
     with LocalExecutor(opts.isolate, opts.variant_timeout_s, ctx.memory_limit) as executor:
         ref = stages.reference(ctx, executor, active[0])
         stages.build(ctx, executor, active, hits)
         stages.verify(ctx, executor, active, ref)
         stages.measure(ctx, executor, active)
+        stages.serve(ctx, executor, active, vcache)
 
 
 def _reuse(

@@ -65,8 +65,11 @@ def _gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _static_shape(spec: TensorSpec) -> tuple[int, ...]:
-    # Intake made every input static; a symbol left over would be a bug there, not data.
+    # Intake made every input static but a kept batch dimension (made at batch 1 here, stacked
+    # to other sizes by ``batching``); another symbol left over would be a bug there, not data.
     dims = spec.shape or ()
+    if dims and isinstance(dims[0], str):
+        dims = (1, *dims[1:])
     if not all(isinstance(d, int) for d in dims):
         raise RuntimeError(f"input {spec.name!r} has no static shape ({list(dims)})")
     return tuple(int(d) for d in dims if isinstance(d, int))
@@ -153,7 +156,10 @@ def _check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec], where:
         if arr.dtype != s.dtype:
             raise InputError(f"{where}: {s.name} has dtype {arr.dtype}, the model wants {s.dtype}")
         want = _static_shape(s)
-        if tuple(arr.shape) != want:
+        got = tuple(arr.shape)
+        if s.shape and isinstance(s.shape[0], str) and got[:1] and got[0] >= 1:
+            want = (got[0], *want[1:])  # a kept batch dimension takes samples of any batch
+        if got != want:
             raise InputError(
                 f"{where}: {s.name} has shape {list(arr.shape)}, the model wants {list(want)} "
                 "(set --input-shape to match the data)"

@@ -27,6 +27,8 @@ _FLOAT_TYPES = {
     onnx.TensorProto.BFLOAT16,
 }
 _HEAD_OPS = {"Gemm", "MatMul", "Add", "Flatten", "Reshape", "Squeeze", "Sigmoid"}
+# The symbol a kept batch dimension gets when the model's batch inputs do not share a name.
+BATCH_SYMBOL = "batch"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class LoadedModel:
     score_outputs: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     fixed_dims: dict[str, list[int]] = field(default_factory=dict)
+    # With keep_batch: the inputs whose dim 0 stays symbolic (the only symbol left).
+    batch_inputs: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -301,6 +305,7 @@ def fix_input_shapes(
     path: Path,
     default_batch: int = 1,
     static: bool = True,
+    keep_batch: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, list[int | str]]]:
     """Set the input shapes the user gave, in place. Returns notes and the dims that changed.
 
@@ -309,9 +314,16 @@ def fix_input_shapes(
     a dynamic batch becomes ``default_batch``, and any other dynamic dimension is an error
     that names the flag. Otherwise (``optimize``) dimensions nobody fixed stay symbolic, and
     pinned symbols are pinned in the outputs as well, since ONNX gives one symbol one size.
+    ``keep_batch`` (with ``static``): these inputs keep dim 0 symbolic, named as in the model
+    when they share one name, else ``BATCH_SYMBOL`` (outputs that shared it follow);
+    everything else static.
     """
     inputs = user_inputs(model)
     symbols = _given_symbols(inputs, shapes, path, strict=static)
+    # A kept batch keeps the model's own name for it (one name for all: one size per call).
+    originals = {d for vi in inputs if vi.name in keep_batch for d in (declared_dims(vi) or ())[:1]}
+    named = sorted(d for d in originals if isinstance(d, str) and d)
+    batch_name = named[0] if len(named) == 1 else BATCH_SYMBOL
     notes: list[str] = []
     fixed: dict[str, list[int | str]] = {}
     for vi in inputs:
@@ -329,8 +341,16 @@ def fix_input_shapes(
             new = list(_static_dims(vi.name, dims, symbols, default_batch, notes, path))
         else:
             new = [symbols.get(d, d) if isinstance(d, str) else d for d in dims]
+        if vi.name in keep_batch and new:
+            new[0] = batch_name
         if set_dims(vi, dims, new):
             fixed[vi.name] = [d if isinstance(d, int) else (d or "?") for d in new]
+    if keep_batch:
+        notes[:] = [n for n in notes if "dynamic batch dimension" not in n]
+        for vo in model.graph.output:
+            dims = declared_dims(vo)
+            if dims and isinstance(dims[0], str) and dims[0] in originals:
+                set_dims(vo, dims, [batch_name, *dims[1:]])
     if not static:
         for vo in model.graph.output:
             dims = declared_dims(vo)
@@ -444,6 +464,26 @@ def set_dims(
     return True
 
 
+def batch_inputs(model: onnx.ModelProto) -> list[str]:
+    """Inputs whose dim 0 is a batch the caller may choose: dynamic in the file (a symbol, or
+    unknown) on an input of rank 2 or more. None of them: the model pins its batch."""
+    found = []
+    for vi in user_inputs(model):
+        dims = declared_dims(vi)
+        if dims is not None and len(dims) > 1 and not (isinstance(dims[0], int) and dims[0] > 0):
+            found.append(vi.name)
+    return found
+
+
+def pinned_batch(model: onnx.ModelProto) -> int | None:
+    """The batch a model fixes in its file: dim 0 of its first input of rank 2 or more."""
+    for vi in user_inputs(model):
+        dims = declared_dims(vi)
+        if dims is not None and len(dims) > 1 and isinstance(dims[0], int) and dims[0] > 0:
+            return dims[0]
+    return None
+
+
 def read_checked(path: Path) -> onnx.ModelProto:
     """Read a model file and check it: the one intake of the main job and of ``optimize``.
 
@@ -499,12 +539,19 @@ def load_model(
     path: str | Path,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     default_batch: int = 1,
+    keep_batch: bool = False,
 ) -> LoadedModel:
-    """Load, check and make static. Raises InputError with a one-line message on bad input."""
+    """Load, check and make static. Raises InputError with a one-line message on bad input.
+
+    ``keep_batch`` (the serving profile): a dynamic batch dimension stays symbolic
+    (``BATCH_SYMBOL``), so that the model and every variant built from it run at any batch;
+    the feeds are made at batch ``default_batch``.
+    """
     path = Path(path)
     model = read_checked(path)
     opset = default_opset(model)
-    notes, fixed = fix_input_shapes(model, input_shapes or {}, path, default_batch)
+    kept = batch_inputs(model) if keep_batch else []
+    notes, fixed = fix_input_shapes(model, input_shapes or {}, path, default_batch, keep_batch=kept)
     model = infer_shapes(model)
     inputs = [_spec(i) for i in user_inputs(model)]
     for s in inputs:
@@ -523,4 +570,5 @@ def load_model(
         score_outputs=find_score_outputs(model),
         notes=notes,
         fixed_dims=fixed,
+        batch_inputs=kept,
     )

@@ -20,6 +20,7 @@ from lepton_compile.bench.race import RaceRules
 from lepton_compile.compress import DEFAULT_SEARCH_BUDGET_S
 from lepton_compile.errors import InputError
 from lepton_compile.search import OBJECTIVES
+from lepton_compile.tracking import DEFAULT_EXPERIMENT
 from lepton_compile.worker import DEFAULT_TIMEOUT_S
 
 KERNEL_MODES = ("auto", "triton", "torch")
@@ -39,6 +40,8 @@ class CompileOptions:
     inputs_dir: str | Path | None = None
     max_accuracy_drop: float = 0.01
     max_latency_ms: float | None = None
+    # Serving profile: measure every verified variant at each of these batch sizes.
+    batch_sizes: Sequence[int] | None = None
     meter: str = "auto"
     cpu_watts: float | None = None
     protocol: Protocol | None = None
@@ -63,6 +66,10 @@ class CompileOptions:
     # lepton backend: our Triton kernels or torch's route per layer (auto: measured per layer
     # on a GPU, torch on a CPU; triton: ours wherever a kernel exists; torch: never ours).
     kernels: str = "auto"
+    # Log the run to MLflow once it is done (lepton_compile.tracking): True for MLflow's
+    # default tracking store ($MLFLOW_TRACKING_URI), or a tracking URI; None: not logged.
+    mlflow: bool | str | None = None
+    mlflow_experiment: str = DEFAULT_EXPERIMENT
 
     def validate(self) -> None:
         """Raise InputError on a value no run could use."""
@@ -77,8 +84,16 @@ class CompileOptions:
         # A budget of 0 is allowed: only the original is verified and measured.
         if self.budget_s is not None and not (math.isfinite(self.budget_s) and self.budget_s >= 0):
             raise InputError("--budget-s must be a finite number, 0 or more")
+        if self.batch_sizes is not None:
+            sizes = list(self.batch_sizes)
+            if not sizes or not all(isinstance(b, int) and b >= 1 for b in sizes):
+                raise InputError("--batch-sizes must be whole numbers of 1 or more, like 1,8,32")
         if self.kernels not in KERNEL_MODES:
             raise InputError(f"--kernels must be one of {', '.join(KERNEL_MODES)}")
+        if not (self.mlflow is None or isinstance(self.mlflow, bool) or str(self.mlflow).strip()):
+            raise InputError("--mlflow: the tracking URI is empty")
+        if not (isinstance(self.mlflow_experiment, str) and self.mlflow_experiment.strip()):
+            raise InputError("--mlflow-experiment must be a non-empty name")
         if self.metric is not None and not callable(self.metric):
             raise InputError("metric must be a callable metric(outputs, labels) -> float")
         self.race_rules()  # its own checks
@@ -106,6 +121,13 @@ class CompileOptions:
             raise InputError(
                 f"--min-trials/--max-trials/--measure-budget-s/--screen-factor: {e}"
             ) from None
+
+    def profiled_batches(self) -> list[int] | None:
+        """The batch sizes to profile, ascending; ``quick`` keeps the smallest and the largest."""
+        if not self.batch_sizes:
+            return None
+        sizes = sorted(set(self.batch_sizes))
+        return [sizes[0], sizes[-1]] if self.quick and len(sizes) > 2 else sizes
 
     def backend_options(self, backend: str) -> dict[str, Any]:
         """Load options for a variant's backend."""

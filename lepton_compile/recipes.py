@@ -54,6 +54,73 @@ class Recipe:
 
 _FUSED = "fused"
 
+
+def _half_precision(precision: str, **fields: Any) -> Recipe:
+    """The fused graph in ``precision`` (fp16 or bf16), accuracy-aware; ``fields`` as Recipe's."""
+    return Recipe(
+        precision,
+        f"fused graph in {precision.upper()} (FP32 inputs and outputs); layers that break "
+        "accuracy stay FP32",
+        precision=precision,
+        pipeline=_FUSED,
+        precision_pass=precision,
+        accuracy_aware=True,
+        group="quantize",
+        **fields,
+    )
+
+
+def _matmul_weights(name: str, description: str, *, precision: str, **options: Any) -> Recipe:
+    """Step ``name`` (options ``options``) on MatMul weights, accuracy-aware, after the basic
+    pipeline: it keeps MatMuls, which the fused one turns into Gemm in places."""
+    return Recipe(
+        name,
+        description,
+        precision=precision,
+        pipeline="basic",
+        precision_pass=name,
+        options=options,
+        accuracy_aware=True,
+        group="quantize",
+    )
+
+
+def _static_int8(
+    name: str,
+    description: str,
+    *,
+    calibrate_method: str = "minmax",
+    accuracy_aware: bool = False,
+    **options: Any,
+) -> Recipe:
+    """Static INT8 QDQ of the fused graph with per-channel weights, calibrated by
+    ``calibrate_method``; ``options`` go to the int8-static step as well."""
+    return Recipe(
+        name,
+        description,
+        precision="int8",
+        pipeline=_FUSED,
+        precision_pass="int8-static",
+        options={"per_channel": True, "calibrate_method": calibrate_method, **options},
+        needs_calibration=True,
+        accuracy_aware=accuracy_aware,
+        group="quantize",
+    )
+
+
+def _pruned(name: str, description: str, step: str, **options: Any) -> Recipe:
+    """The fused graph pruned by ``step`` with ``options``, accuracy-aware."""
+    return Recipe(
+        name,
+        description,
+        pipeline=_FUSED,
+        precision_pass=step,
+        options=options,
+        accuracy_aware=True,
+        group="prune",
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -71,92 +138,41 @@ RECIPES: dict[str, Recipe] = {
             target="lepton",
             backends=("lepton", "lepton+inductor"),
         ),
-        Recipe(
-            "fp16",
-            "fused graph in FP16 (FP32 inputs and outputs); layers that break accuracy stay FP32",
-            precision="fp16",
-            pipeline=_FUSED,
-            precision_pass="fp16",
-            accuracy_aware=True,
-            group="quantize",
-        ),
-        Recipe(
-            "bf16",
-            "fused graph in BF16 (FP32 inputs and outputs); layers that break accuracy stay FP32",
-            precision="bf16",
-            pipeline=_FUSED,
-            precision_pass="bf16",
-            accuracy_aware=True,
-            group="quantize",
-            backends=("lepton", "lepton+inductor"),  # onnxruntime's CPU provider lacks BF16
-        ),
-        Recipe(
+        _half_precision("fp16"),
+        # onnxruntime's CPU provider lacks BF16
+        _half_precision("bf16", backends=("lepton", "lepton+inductor")),
+        _static_int8(
             "int8-qdq",
             "static INT8 QDQ of every layer: per-channel weights, MinMax activations",
-            precision="int8",
-            pipeline=_FUSED,
-            precision_pass="int8-static",
-            options={"per_channel": True, "calibrate_method": "minmax"},
-            needs_calibration=True,
-            group="quantize",
         ),
-        Recipe(
+        _static_int8(
             "int8-entropy",
             "static INT8 QDQ of every layer: per-channel weights, entropy (KL) calibration",
-            precision="int8",
-            pipeline=_FUSED,
-            precision_pass="int8-static",
-            options={"per_channel": True, "calibrate_method": "entropy"},
-            needs_calibration=True,
-            group="quantize",
+            calibrate_method="entropy",
         ),
-        Recipe(
+        _static_int8(
             "int8-percentile",
             "static INT8 QDQ of every layer: per-channel weights, 99.999th-percentile calibration",
-            precision="int8",
-            pipeline=_FUSED,
-            precision_pass="int8-static",
-            options={"per_channel": True, "calibrate_method": "percentile"},
-            needs_calibration=True,
-            group="quantize",
+            calibrate_method="percentile",
         ),
-        Recipe(
+        _static_int8(
             "int8-mixed",
             "static INT8 QDQ (per-channel weights, MinMax); the most sensitive layers stay FP32 "
             "until the accuracy constraint holds",
-            precision="int8",
-            pipeline=_FUSED,
-            precision_pass="int8-static",
-            options={"per_channel": True, "calibrate_method": "minmax"},
-            needs_calibration=True,
             accuracy_aware=True,
-            group="quantize",
         ),
-        Recipe(
+        _static_int8(
             "int8-gpu",
             "static INT8 QDQ for GPU/TensorRT: symmetric activations and per-channel weights; "
             "sensitive layers stay FP32",
-            precision="int8",
-            pipeline=_FUSED,
-            precision_pass="int8-static",
-            options={
-                "per_channel": True,
-                "calibrate_method": "minmax",
-                "activation_symmetric": True,
-            },
-            needs_calibration=True,
             accuracy_aware=True,
-            group="quantize",
+            activation_symmetric=True,
         ),
-        Recipe(
+        _matmul_weights(
             "int8-dynamic",
             "cleaned-up graph, dynamic INT8 for MatMuls with constant weights (transformers); "
             "sensitive layers stay FP32",
             precision="int8",
-            pipeline="basic",  # keeps MatMuls (the fused pipeline turns some into Gemm)
-            precision_pass="int8-dynamic",
-            accuracy_aware=True,
-            group="quantize",
         ),
         Recipe(
             "fp8",
@@ -168,45 +184,32 @@ RECIPES: dict[str, Recipe] = {
             accuracy_aware=True,
             group="quantize",
         ),
-        Recipe(
+        _matmul_weights(
             "int4-weight",
             "cleaned-up graph, INT4 weight-only, block-wise (32), for MatMul weights; sensitive "
             "layers stay FP32",
             precision="int4w",
-            pipeline="basic",  # keeps MatMuls (the fused pipeline turns some into Gemm)
-            precision_pass="int4-weight",
-            options={"block_size": 32},
-            accuracy_aware=True,
-            group="quantize",
+            block_size=32,
         ),
-        Recipe(
+        _pruned(
             "prune-50",
             "unstructured magnitude pruning, 50% of each layer's weights; layers whose pruning "
             "breaks accuracy stay dense",
-            pipeline=_FUSED,
-            precision_pass="prune-magnitude",
-            options={"sparsity": 0.5},
-            accuracy_aware=True,
-            group="prune",
+            "prune-magnitude",
+            sparsity=0.5,
         ),
-        Recipe(
+        _pruned(
             "prune-2of4",
             "2:4 semi-structured sparsity (the sparse tensor core layout); sensitive layers stay "
             "dense",
-            pipeline=_FUSED,
-            precision_pass="prune-2of4",
-            accuracy_aware=True,
-            group="prune",
+            "prune-2of4",
         ),
-        Recipe(
+        _pruned(
             "prune-channels",
             "structured channel pruning: 25% of each channel group's channels removed (weights "
             "shrink); sensitive groups stay whole",
-            pipeline=_FUSED,
-            precision_pass="prune-channels",
-            options={"ratio": 0.25},
-            accuracy_aware=True,
-            group="prune",
+            "prune-channels",
+            ratio=0.25,
         ),
     ]
 }

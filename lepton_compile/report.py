@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepton_compile import __version__
+from lepton_compile import __version__, serving_report
+from lepton_compile.serving import points_to_dict
 
 if TYPE_CHECKING:
     from lepton_compile.variant import VariantResult
 
 SCHEMA = "lepton-compile/report/v1"
+# Minor versions extend v1 compatibly; 1: the serving profile (present with --batch-sizes).
+SCHEMA_MINOR_SERVING = 1
 
 
 def _variant_dict(v: VariantResult) -> dict[str, Any]:
@@ -50,6 +52,8 @@ def _variant_dict(v: VariantResult) -> dict[str, Any]:
         d["cache"] = v.cache
     if v.roofline:
         d["roofline"] = v.roofline
+    if v.serving:
+        d["serving"] = points_to_dict(v.serving)
     return d
 
 
@@ -76,6 +80,7 @@ def build_report(
     isolation: dict[str, Any] | None = None,
     device_at_start: dict[str, Any] | None = None,
     rules: Any = None,
+    serving: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     providers = sorted({p for v in variants for p in v.session.get("providers", [])})
     meter_desc = meter.describe()
@@ -90,7 +95,7 @@ def build_report(
     b_en = baseline.energy.mean if baseline.energy else None
     # One record per race (device, or memory group): whether the pick was decided, and why.
     decisions = list({v.race["race"]: v.race for v in variants if v.race}.values())
-    return {
+    rep: dict[str, Any] = {
         "schema": SCHEMA,
         "tool": {"name": "lepton-compile", "version": __version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -131,6 +136,12 @@ def build_report(
         "wall_s": round(wall_s, 2),
         "notes": notes,
     }
+    if serving is not None:
+        # Schema v1.1: v1 plus the serving profile (report["serving"], variant["serving"]).
+        rep["schema_minor"] = SCHEMA_MINOR_SERVING
+        rep["serving"] = serving
+        rep["best"]["batch"] = (serving.get("recommendation") or {}).get("batch")
+    return rep
 
 
 def _device(providers: list[str], at_start: dict[str, Any] | None) -> dict[str, Any]:
@@ -243,6 +254,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for r in rows(report):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    lines += serving_report.markdown(report)  # the batch table, when batch sizes were profiled
     kernels = [
         f"- `{v['id']}`: {v['session']['kernel_summary']}"
         for v in report["variants"]
@@ -323,54 +335,11 @@ def compression_markdown(report: dict[str, Any], top: int = 12) -> list[str]:
 
 
 def to_html(report: dict[str, Any]) -> str:
-    """A self-contained page: the table and a latency/energy scatter with the frontier marked."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows(report)
-    )
-    pts = [
-        (v["id"], v["latency_ms"]["mean"], v["energy_j"]["per_inference"], v["pareto"])
-        for v in report["variants"]
-        if v.get("latency_ms") and v.get("energy_j") and v["energy_j"].get("per_inference")
-    ]
-    svg = ""
-    if pts:
-        xs = [p[1] for p in pts]
-        ys = [p[2] for p in pts]
-        x0, x1 = min(xs) * 0.9, max(xs) * 1.1
-        y0, y1 = min(ys) * 0.9, max(ys) * 1.1
-        w, h, pad = 560, 320, 50
+    """A self-contained page: verdict, Pareto plot, table, serving profile, per-layer
+    sensitivity, method and device (rendered by ``report_html``)."""
+    from lepton_compile import report_html  # it reads this module's table rows
 
-        def sx(x: float) -> float:
-            return pad + (x - x0) / ((x1 - x0) or 1) * (w - 2 * pad)
-
-        def sy(y: float) -> float:
-            return h - pad - (y - y0) / ((y1 - y0) or 1) * (h - 2 * pad)
-
-        dots = "".join(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{"#c33" if p else "#888"}">'
-            f"<title>{html.escape(i)}</title></circle>"
-            f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 7:.1f}" font-size="11">{html.escape(i)}</text>'
-            for i, x, y, p in pts
-        )
-        svg = (
-            f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">'
-            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#000"/>'
-            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#000"/>'
-            f'<text x="{w / 2}" y="{h - 10}" font-size="12">mean latency (ms)</text>'
-            f'<text x="5" y="{pad - 10}" font-size="12">energy per inference (J)</text>'
-            f"{dots}</svg><p>Red: on the Pareto frontier.</p>"
-        )
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("notes", []))
-    return (
-        "<!doctype html><meta charset='utf-8'><title>lepton-compile report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;"
-        "border-bottom:1px solid #ddd;text-align:left}</style>"
-        f"<h1>{html.escape(Path(report['model']['path']).name)}</h1>"
-        f"<p>Objective: <b>{html.escape(report['objective'])}</b>. Best: "
-        f"<b>{html.escape(report['best']['id'])}</b> — {html.escape(report['best']['reason'])}</p>"
-        f"<table><tr>{head}</tr>{body}</table>{svg}<ul>{notes}</ul>"
-    )
+    return report_html.page(report)
 
 
 def write_all(report: dict[str, Any], outdir: Path) -> None:
@@ -395,5 +364,13 @@ def print_table(report: dict[str, Any], console: Any) -> None:
         if v.get("reason"):
             console.print(f"[dim]{v['id']} {v['status']}: {v['reason']}[/]")
     console.print(f"best: [bold]{report['best']['id']}[/] — {report['best']['reason']}")
+    serving = report.get("serving") or {}
+    if serving:
+        rec = serving.get("recommendation") or {}
+        sizes = ", ".join(str(b) for b in serving.get("batch_sizes", []))
+        console.print(
+            f"serving (batch {sizes}; +{serving.get('wall_s', 0):.0f} s): "
+            + (rec.get("text") or "no recommendation")
+        )
     for n in report.get("notes", []):
         console.print(f"[dim]note: {n}[/]")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lepton_compile.bench.protocol import Measurement
     from lepton_compile.bench.stats import Ratio, Stats
     from lepton_compile.recipes import Recipe
+    from lepton_compile.serving import ServingPoint
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class VariantResult:
     screen: dict[str, Any] | None = None
     race: dict[str, Any] = field(default_factory=dict)
     ratios: dict[str, Ratio] = field(default_factory=dict)
+    # The serving profile: this variant at each batch size measured.
+    serving: dict[int, ServingPoint] = field(default_factory=dict)
 
     @property
     def precision(self) -> str:

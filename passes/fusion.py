@@ -426,27 +426,15 @@ class _LegalGemm:
         return result
 
 
-# ignore[misc]: onnxscript's own check() signatures disagree (context vs op, **_).
-class _MatMulAddToGemm(_LegalGemm, _matmul_add_to_gemm.MatMulAddToGemm):  # type: ignore[misc]
-    pass
+def _legal_gemm(rule: type[RewriteRuleClassBase]) -> type[RewriteRuleClassBase]:
+    """onnxscript's MatMul+Add -> Gemm ``rule`` behind _LegalGemm's checks, named _<rule>."""
+    return type(f"_{rule.__name__}", (_LegalGemm, rule), {"__module__": __name__})
 
 
-class _TransAMatMulAddToGemm(  # type: ignore[misc]
-    _LegalGemm, _matmul_add_to_gemm.TransAMatMulAddToGemm
-):
-    pass
-
-
-class _TransBMatMulAddToGemm(  # type: ignore[misc]
-    _LegalGemm, _matmul_add_to_gemm.TransBMatMulAddToGemm
-):
-    pass
-
-
-class _TransABMatMulAddToGemm(  # type: ignore[misc]
-    _LegalGemm, _matmul_add_to_gemm.TransABMatMulAddToGemm
-):
-    pass
+_MatMulAddToGemm = _legal_gemm(_matmul_add_to_gemm.MatMulAddToGemm)
+_TransAMatMulAddToGemm = _legal_gemm(_matmul_add_to_gemm.TransAMatMulAddToGemm)
+_TransBMatMulAddToGemm = _legal_gemm(_matmul_add_to_gemm.TransBMatMulAddToGemm)
+_TransABMatMulAddToGemm = _legal_gemm(_matmul_add_to_gemm.TransABMatMulAddToGemm)
 
 
 class FuseMatMulAddPass(ir.passes.InPlacePass):

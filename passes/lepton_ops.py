@@ -34,6 +34,7 @@ from lepton_compile.contract import (
     AttrSpec,
     Epilogue,
     epilogue_from_attributes,
+    same_pads,
 )
 from lepton_compile.passes._utils import onnx_opset
 
@@ -310,13 +311,7 @@ def _conv_pads(
         return list(pads) if pads else [0] * 2 * n
     if auto_pad == "VALID":
         return [0] * 2 * n
-    begin, end = [], []
-    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-        small, big = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else big)
-        end.append(big if auto_pad == "SAME_UPPER" else small)
+    begin, end = same_pads(auto_pad, spatial, kernel, strides, dilations)
     return begin + end
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import numpy_helper, parser
 
@@ -53,22 +54,43 @@ def text_model(text: str, weights: dict[str, np.ndarray] | None = None) -> onnx.
     return m
 
 
+class MarkNodePass(ir.passes.InPlacePass):
+    """Numerically neutral: names the first ``op_type`` node ``mark``, so that a judge or a
+    fake timer can tell the pass ran; a second run changes nothing. Subclasses set both."""
+
+    op_type = ""
+    mark = ""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for node in model.graph:
+            if node.op_type == self.op_type and node.name != self.mark:
+                node.name = self.mark
+                return ir.passes.PassResult(model, True)
+        return ir.passes.PassResult(model, False)
+
+
+def mlp_text(inputs: int, hidden: int, outputs: int, *, softmax: bool = True) -> str:
+    """ONNX text of a dynamic-batch MLP: MatMul+Add (w1, b1), Relu, MatMul+Add (w2, b2), then
+    softmax scores unless ``softmax`` is False."""
+    head = "ob = Add (o, b2)\n    y = Softmax <axis = -1> (ob)" if softmax else "y = Add (o, b2)"
+    return f"""
+<ir_version: 8, opset_import: ["" : 17]>
+mlp (float[B, {inputs}] x) => (float[B, {outputs}] y) {{
+    h = MatMul (x, w1)
+    hb = Add (h, b1)
+    r = Relu (hb)
+    o = MatMul (r, w2)
+    {head}
+}}
+"""
+
+
 @pytest.fixture
 def mlp_path(tmp_path: Path) -> Path:
     """A dynamic-batch MLP classifier: MatMul+Add head, softmax scores."""
     rng = np.random.default_rng(0)
     m = text_model(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        mlp (float[B, 32] x) => (float[B, 8] y) {
-            h = MatMul (x, w1)
-            hb = Add (h, b1)
-            r = Relu (hb)
-            o = MatMul (r, w2)
-            ob = Add (o, b2)
-            y = Softmax <axis = -1> (ob)
-        }
-        """,
+        mlp_text(32, 64, 8),
         {
             "w1": rng.standard_normal((32, 64)).astype(np.float32) * 0.2,
             "b1": rng.standard_normal(64).astype(np.float32) * 0.1,

@@ -415,3 +415,31 @@ def test_kernels_flag_reaches_the_options():
     args = build_parser().parse_args(["compile", "m.onnx", "--kernels", "torch"])
     assert build_options(args).kernels == "torch"
     assert main(["m.onnx", "--kernels", "fastest"]) == 2
+
+
+def test_batch_sizes_flag_profiles_and_prints_the_recommendation(
+    tmp_path: Path, tinycnn_path: Path, capsys
+):
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(tinycnn_path),
+            "-o",
+            str(out),
+            "--quick",
+            "--recipes",
+            "original",
+            "--backend",
+            "ort",
+            "--batch-sizes",
+            "1,4",
+            "--no-cache",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "serving (batch 1, 4;" in text and "best: original-ort-cpu at batch" in text
+    rep = check_report(out)
+    assert rep["serving"]["batch_inputs"] == ["images"]
+    assert set(rep["variants"][0]["serving"]) == {"1", "4"}
+    assert main([str(tinycnn_path), "--batch-sizes", "0,4"]) == 2

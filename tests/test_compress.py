@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -204,32 +205,20 @@ def test_metric_hook_judges_variants(tmp_path: Path, mlp_path: Path):
 def test_metric_errors_are_input_errors(tmp_path: Path, mlp_path: Path):
     d = _npz_dir(tmp_path, 6)
 
+    compile_fused = functools.partial(
+        lepton_compile.compile, mlp_path, recipes=["fused"], quick=True, isolate=False
+    )
+
     def broken(outputs, labels):
         raise KeyError("logits")
 
     with pytest.raises(InputError, match="metric raised.*KeyError"):
-        lepton_compile.compile(
-            mlp_path, inputs_dir=d, recipes=["fused"], quick=True, isolate=False, metric=broken
-        )
+        compile_fused(inputs_dir=d, metric=broken)
     with pytest.raises(InputError, match="expected a number"):
-        lepton_compile.compile(
-            mlp_path,
-            inputs_dir=d,
-            recipes=["fused"],
-            quick=True,
-            isolate=False,
-            metric=lambda o, lab: "high",
-        )
+        compile_fused(inputs_dir=d, metric=lambda o, lab: "high")
     nolabels = _npz_dir(tmp_path, 6, labels=False, name="nolabels")
     with pytest.raises(InputError, match="needs labels"):
-        lepton_compile.compile(
-            mlp_path,
-            inputs_dir=nolabels,
-            recipes=["fused"],
-            quick=True,
-            isolate=False,
-            metric=top1_accuracy,
-        )
+        compile_fused(inputs_dir=nolabels, metric=top1_accuracy)
 
 
 def test_too_few_calibration_samples(tmp_path: Path, mlp_path: Path):

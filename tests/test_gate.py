@@ -189,3 +189,178 @@ def test_gate_output_never_replaces_a_user_file(tmp_path: Path):
     assert gate(tmp_path, base, base, "--output", str(out)) == 0
     assert gate(tmp_path, base, base, "--output", str(out)) == 0  # its own earlier output
     assert gate(tmp_path, base, base, "--output", str(notes), "--force") == 0
+
+
+# --------------------------------------------------------------------------- serving profile
+
+
+def serving_point(batch: int, latency: list[float], energy: list[float]) -> dict:
+    """One (variant, batch) point: latency per batch call, energy per inference."""
+    mean = sum(latency) / len(latency)
+    e_mean = sum(energy) / len(energy)
+    return {
+        "batch": batch,
+        "status": "ok",
+        "latency_ms": {
+            "mean": mean,
+            "ci95": 0.01 * mean,
+            "p99": max(latency),
+            "per_trial": latency,
+        },
+        "energy_j_per_inference": {
+            "mean": e_mean,
+            "ci95": 0.01 * e_mean,
+            "per_trial": energy,
+            "method": "estimated",
+            "estimated": True,
+        },
+        "throughput_per_s": batch * 1000.0 / mean,
+        "pareto": True,
+    }
+
+
+def with_serving(rep: dict, points: dict[str, dict[int, dict]], pick: tuple[str, int] | None):
+    """Serving points by variant id (variants added when missing) and the recommendation."""
+    for vid, by_batch in points.items():
+        v = next((v for v in rep["variants"] if v["id"] == vid), None)
+        if v is None:
+            v = json.loads(json.dumps(rep["variants"][0]))
+            v["id"] = vid
+            rep["variants"].append(v)
+        v["serving"] = {str(b): p for b, p in by_batch.items()}
+    rec = None
+    if pick is not None:
+        rec = {"variant": pick[0], "batch": pick[1], "text": f"best: {pick[0]} at batch {pick[1]}"}
+    rep["schema_minor"] = 1
+    rep["serving"] = {
+        "batch_sizes": sorted({b for by_batch in points.values() for b in by_batch}),
+        "pinned": None,
+        "notes": [],
+        "recommendation": rec,
+    }
+    return rep
+
+
+STEADY = [40.0, 40.4, 39.8, 40.2, 39.6]
+SLOWER = [x * 1.12 for x in STEADY]  # a steady 12% slowdown
+ENERGY = [0.040, 0.0402, 0.0399, 0.0401, 0.0398]
+
+
+def test_gate_compares_the_serving_pick_like_with_like(tmp_path: Path, capsys):
+    """The same variant at the same batch in both reports, whatever each report's best."""
+    base = with_serving(
+        report(10, 0.1, 1.0, 0.01),
+        {
+            "fused-ort-cpu": {
+                1: serving_point(1, [5.0] * 5, [0.3] * 5),
+                16: serving_point(16, STEADY, ENERGY),
+            },
+            # Much slower at batch 16: were the gate comparing any other point, it would pass.
+            "int8-ort-cpu": {16: serving_point(16, [x * 3 for x in STEADY], ENERGY)},
+        },
+        ("fused-ort-cpu", 1),
+    )
+    base["best"]["id"] = "int8-ort-cpu"
+    cur = with_serving(
+        report(10, 0.1, 1.0, 0.01),  # same figures at the default batch
+        {"fused-ort-cpu": {16: serving_point(16, SLOWER, ENERGY)}},
+        ("fused-ort-cpu", 16),
+    )
+    assert gate(tmp_path, base, cur) == 1
+    out = capsys.readouterr().out
+    assert "compared like with like: `fused-ort-cpu` at batch 16 in both reports" in out
+    lat = next(ln for ln in out.splitlines() if ln.startswith("| latency_ms per batch call"))
+    assert "batch 16" in lat and "❌ regression" in lat and "+12." in lat
+    en = next(ln for ln in out.splitlines() if ln.startswith("| energy_j per inference"))
+    assert "batch 16" in en and "regression" not in en
+    assert "| latency_ms (mean) |" not in out and "warning" not in out
+    assert "the compared variant's (batch 16) per-trial figures" in out
+
+
+def test_gate_flags_an_energy_regression_at_the_serving_batch(tmp_path: Path, capsys):
+    points = {"fused-ort-cpu": {16: serving_point(16, STEADY, ENERGY)}}
+    base = with_serving(report(10, 0.1, 1.0, 0.01), points, ("fused-ort-cpu", 16))
+    cur = with_serving(
+        report(10, 0.1, 1.0, 0.01),
+        {"fused-ort-cpu": {16: serving_point(16, STEADY, [e * 1.2 for e in ENERGY])}},
+        ("fused-ort-cpu", 16),
+    )
+    assert gate(tmp_path, base, cur) == 1
+    out = capsys.readouterr().out
+    en = next(ln for ln in out.splitlines() if ln.startswith("| energy_j per inference"))
+    assert "(mean, batch 16)" in en and "❌ regression" in en and "+20." in en
+    # Same figures both sides: passes.
+    same = with_serving(report(10, 0.1, 1.0, 0.01), points, ("fused-ort-cpu", 16))
+    assert gate(tmp_path, base, same) == 0
+
+
+def test_gate_warns_and_falls_back_when_the_base_lacks_the_batch(tmp_path: Path, capsys):
+    base = with_serving(
+        report(10, 0.1, 1.0, 0.01),
+        {
+            "fused-ort-cpu": {
+                1: serving_point(1, STEADY, ENERGY),
+                4: serving_point(4, STEADY, ENERGY),
+            }
+        },
+        ("fused-ort-cpu", 4),
+    )
+    # Far slower at batch 16, but the base has nothing at 16: the default figures decide.
+    cur = with_serving(
+        report(10, 0.1, 1.0, 0.01),
+        {"fused-ort-cpu": {16: serving_point(16, [x * 5 for x in STEADY], ENERGY)}},
+        ("fused-ort-cpu", 16),
+    )
+    assert gate(tmp_path, base, cur) == 0
+    out = capsys.readouterr().out
+    assert (
+        "warning: the base report has no fused-ort-cpu at batch 16: compared at the base's "
+        "own pick" in out
+    )
+    assert "| latency_ms (mean) |" in out and "| energy_j (per inference) |" in out
+    assert "like with like" not in out
+    # The fallback is today's comparison: a regression of the best variants still fails.
+    slower = with_serving(
+        report(12, 0.1, 1.0, 0.01),
+        {"fused-ort-cpu": {16: serving_point(16, STEADY, ENERGY)}},
+        ("fused-ort-cpu", 16),
+    )
+    assert gate(tmp_path, base, slower) == 1
+    # A base point that failed is no point either: the warning says why.
+    base["variants"][0]["serving"]["16"] = {"batch": 16, "status": "failed", "reason": "oom"}
+    assert gate(tmp_path, base, cur) == 0
+    assert "no fused-ort-cpu at batch 16: compared at the base's own pick (failed: oom)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_gate_without_serving_data_is_as_before(tmp_path: Path, capsys):
+    assert gate(tmp_path, report(10, 0.1, 1.0, 0.01), report(10, 0.1, 1.0, 0.01)) == 0
+    out = capsys.readouterr().out
+    assert "batch" not in out and "warning" not in out
+    assert "base best: `fused-ort-cpu` · current best: `fused-ort-cpu`" in out
+
+
+@pytest.mark.parametrize(
+    "how", ["batch-not-an-int", "pick-not-a-variant", "pick-no-point", "latency-not-a-number"]
+)
+def test_damaged_serving_is_bad_input(tmp_path: Path, capsys, how: str):
+    rep = with_serving(
+        report(10, 0.1, 1.0, 0.01),
+        {"fused-ort-cpu": {16: serving_point(16, STEADY, ENERGY)}},
+        ("fused-ort-cpu", 16),
+    )
+    rec = rep["serving"]["recommendation"]
+    if how == "batch-not-an-int":
+        rec["batch"] = "16"
+    elif how == "pick-not-a-variant":
+        rec["variant"] = "int4-ort-cpu"
+    elif how == "pick-no-point":
+        rec["batch"] = 32
+    else:
+        rep["variants"][0]["serving"]["16"]["latency_ms"]["mean"] = "fast"
+    good = write(tmp_path, "good.json", report(10, 0.1, 1.0, 0.01))
+    bad = write(tmp_path, "bad.json", rep)
+    assert main(["gate", str(good), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lepton-compile: error: {bad}: not a valid") and "Traceback" not in err

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
+from conftest import MarkNodePass
 
 from lepton_compile import optimize as optimize_module
 from lepton_compile.bench.stats import paired_ratio
@@ -23,15 +23,10 @@ from lepton_compile.optimize import OrtPairedTimer, SpeedCheck, SpeedMeasurement
 from lepton_compile.passes import registry
 
 
-class SlowMarkPass(ir.passes.InPlacePass):
-    """Numerically neutral: names the Softmax "slow", which the fake timers read as slower."""
+class SlowMarkPass(MarkNodePass):
+    """Names the Softmax "slow", which the fake timers read as slower."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for node in model.graph:
-            if node.op_type == "Softmax" and node.name != "slow":
-                node.name = "slow"
-                return ir.passes.PassResult(model, True)
-        return ir.passes.PassResult(model, False)
+    op_type, mark = "Softmax", "slow"
 
 
 @pytest.fixture(autouse=True)

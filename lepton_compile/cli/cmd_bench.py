@@ -15,6 +15,7 @@ from lepton_compile.cli.common import (
     input_shape_flag,
     inputs_flag,
     measurement_flags,
+    measurement_options,
     output_flags,
 )
 from lepton_compile.cli.terminal import setup_logging, stdout_console
@@ -57,15 +58,8 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
     return CompileOptions(
         input_shapes=dict(parse_shape_arg(s) for s in args.input_shape),
         recipes=["original"],
-        backends=tuple(args.backend) if args.backend else None,
-        device=args.device,
         inputs_dir=args.inputs,
-        meter=args.meter,
-        kernels=args.kernels,
-        cpu_watts=args.cpu_watts,
-        window_s=args.window_s,
-        quick=args.quick,
-        isolate=not args.no_isolate,
+        **measurement_options(args),
         # A measurement asked for now is measured now, not read back from an earlier run.
         cache=False,
         calibration_samples=0,

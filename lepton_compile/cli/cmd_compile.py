@@ -7,6 +7,7 @@ Also reachable as ``lepton-compile compile MODEL``; ``lepton-compile --help`` an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ from lepton_compile.cli.common import (
     ArgGroup,
     ArgParser,
     Subcommands,
+    batch_sizes,
     count,
     display_flags,
     input_shape_flag,
     inputs_flag,
     measurement_flags,
+    measurement_options,
     names,
     non_negative,
     output_flags,
@@ -35,6 +38,7 @@ from lepton_compile.cli.terminal import setup_logging, stage_progress, stdout_co
 from lepton_compile.compress import DEFAULT_SEARCH_BUDGET_S
 from lepton_compile.errors import InputError
 from lepton_compile.options import CompileOptions
+from lepton_compile.tracking import DEFAULT_EXPERIMENT
 
 DESCRIPTION = (
     "Build verified variants of an ONNX model (fused, FP16, INT8, ...), measure each one's "
@@ -59,6 +63,7 @@ examples:
   lepton-compile model.onnx --input-shape images=1x3x320x320
   lepton-compile model.onnx --objective latency --recipes fused,int8-qdq --json
   lepton-compile model.onnx --recipes quantize,prune --inputs calib/ --metric m.py:accuracy
+  lepton-compile model.onnx --mlflow http://mlflow:5000 --mlflow-experiment detector
 """
 
 
@@ -100,6 +105,7 @@ def add_parser(commands: Subcommands) -> None:
     _add_accuracy_flags(p.add_argument_group("accuracy"))
     _add_racing_flags(p.add_argument_group("racing (how long to measure)"))
     _add_run_flags(p.add_argument_group("run"))
+    _add_mlflow_flags(p.add_argument_group("MLflow"))
     p.set_defaults(run=run)
 
 
@@ -129,7 +135,19 @@ def _add_search_flags(g: ArgGroup) -> None:
         "--max-latency-ms",
         type=positive,
         default=None,
-        help="reject variants whose mean latency exceeds this",
+        help="reject variants whose mean latency exceeds this; with --batch-sizes, the "
+        "(variant, batch) points whose p99 latency per batch exceeds it",
+    )
+    g.add_argument(
+        "--batch-sizes",
+        type=batch_sizes,
+        default=None,
+        metavar="1,8,32",
+        help="serving profile: measure every verified variant at each batch size (latency per "
+        "batch, throughput, joules per inference) and recommend the variant and batch with the "
+        "fewest joules per inference whose p99 meets --max-latency-ms (objective energy). "
+        "best.onnx keeps the model's own batch dimension; a model that pins its batch is "
+        "measured at that size alone. Adds about one measurement race per size",
     )
     g.add_argument(
         "--search-budget-s",
@@ -245,6 +263,33 @@ def _add_run_flags(g: ArgGroup) -> None:
     )
 
 
+def _add_mlflow_flags(g: ArgGroup) -> None:
+    """Logging the run to MLflow once the output directory is written."""
+    g.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="TRACKING_URI",
+        help="after writing the output, log this run to MLflow: params (recipes, objective, "
+        "constraints, backends, device), metrics per variant and of the best (latency, J per "
+        "inference, accuracy drop, size, ratios to the original), tags (meter, device, best "
+        "variant), report.json/.md/.html, and best.onnx as an MLflow ONNX model. "
+        "TRACKING_URI: a server (http://host:5000), a database (sqlite:///mlflow.db) or a "
+        "folder (file:///path); without it, $MLFLOW_TRACKING_URI or MLflow's default (put "
+        "MODEL first, or write --mlflow=URI, so that MODEL is not read as the URI). A store "
+        "that cannot be reached is one warning: the output and exit code stand. Needs "
+        "pip install 'lepton-compile[mlflow]'",
+    )
+    g.add_argument(
+        "--mlflow-experiment",
+        default=None,
+        metavar="NAME",
+        help=f"MLflow experiment to log to, created if new; implies --mlflow "
+        f"(default: {DEFAULT_EXPERIMENT})",
+    )
+
+
 def load_metric(spec: str) -> Any:
     """``module:function`` (or ``path/to/file.py:function``) -> the callable."""
     import importlib
@@ -287,20 +332,13 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
         objective=args.objective,
         # An empty --recipes is the defaults, as if it were not given.
         recipes=names(args.recipes or None),
-        backends=tuple(args.backend) if args.backend else None,
-        device=args.device,
         inputs_dir=args.inputs,
         max_accuracy_drop=max_drop,
         max_latency_ms=args.max_latency_ms,
-        meter=args.meter,
-        kernels=args.kernels,
-        cpu_watts=args.cpu_watts,
-        quick=args.quick,
-        window_s=args.window_s,
+        batch_sizes=args.batch_sizes,
         budget_s=args.budget_s,
         variant_timeout_s=args.variant_timeout_s,
         memory_limit_bytes=int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else None,
-        isolate=not args.no_isolate,
         cache=not args.no_cache,
         calibration_samples=args.calibration_samples,
         eval_samples=args.eval_samples,
@@ -311,6 +349,10 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
         measure_budget_s=args.measure_budget_s,
         # 0 turns the screen off, which the options spell None.
         screen_factor=args.screen_factor or None,
+        # Naming an experiment asks for the run to be logged (to the default store).
+        mlflow=args.mlflow if args.mlflow is not None else bool(args.mlflow_experiment) or None,
+        mlflow_experiment=args.mlflow_experiment or DEFAULT_EXPERIMENT,
+        **measurement_options(args),
     )
 
 
@@ -323,16 +365,20 @@ def run(args: argparse.Namespace) -> int:
     out = stdout_console()
     setup_logging(args.verbose, err)
     options = build_options(args)
+    # Checked here too: compile sees these options without the MLflow ones (below).
+    options.validate()
     outdir = args.output or Path.cwd() / f"{args.model.stem}.lepton"
     # Refused before any work: a run of minutes must not end in "cannot write there".
     check_output_dir(outdir, args.force)
     if args.metric:
         options.metric = load_metric(args.metric)
+    # MLflow gets the run from the saved output below, not from compile's own temporary save.
+    run_options = dataclasses.replace(options, mlflow=None)
     if args.json or args.quiet:
-        result = engine.compile(args.model, options, observer=engine.Observer())
+        result = engine.compile(args.model, run_options, observer=engine.Observer())
     else:
         with stage_progress(err) as observer:
-            result = engine.compile(args.model, options, observer=observer)
+            result = engine.compile(args.model, run_options, observer=observer)
     saved = result.save(outdir, force=args.force)
     if args.json:
         out.print_json(json.dumps(result.report))
@@ -341,4 +387,21 @@ def run(args: argparse.Namespace) -> int:
 
         print_table(result.report, out)
         out.print(f"wrote {saved}/best.onnx, report.json, report.md, report.html, variants/")
+    if options.mlflow:
+        _log_mlflow(saved, options, err if args.json else out)
     return EXIT_OK if result.report["constraints"]["met"] else EXIT_CONSTRAINTS
+
+
+def _log_mlflow(saved: Path, options: CompileOptions, console: Console) -> None:
+    """Log the saved run to MLflow; a failure is one warning line and changes no exit code."""
+    from lepton_compile import tracking
+
+    def warn(message: str) -> None:
+        print(f"lepton-compile: warning: {message}", file=sys.stderr)
+
+    run_id = tracking.log_compile(saved, options, warn)
+    if run_id is not None:
+        console.print(
+            f"logged MLflow run {run_id} (experiment {options.mlflow_experiment})",
+            highlight=False,
+        )

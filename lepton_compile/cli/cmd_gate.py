@@ -1,4 +1,5 @@
-"""``lepton-compile gate BASE CUR``: two reports -> pass/fail and a Markdown table (CI)."""
+"""``lepton-compile gate BASE CUR``: two reports -> pass/fail and a Markdown table, GitHub
+Actions annotations or JSON (CI)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,28 @@ def add_parser(commands: Subcommands) -> None:
         "gate",
         parents=[
             output_flags(
-                "also write the Markdown here (an earlier gate output is replaced; any other "
-                "file only with --force)",
+                "also write the Markdown table here, whatever --format prints (an earlier "
+                "gate output is replaced; any other file only with --force)",
                 "replace whatever file is at --output",
                 short=False,
             )
         ],
         description="Compare the best variant of two reports. Exits 1 when the current one "
-        "regresses beyond the limits AND beyond measurement noise (95% CIs not overlapping), "
-        "0 otherwise; prints a Markdown table for the CI log or a PR comment.",
+        "regresses beyond the limits AND beyond measurement noise (the 95% interval of the "
+        "ratio wholly above 1; without per-trial figures, 95% CIs not overlapping), "
+        "0 otherwise (2 for a report it cannot read); prints a Markdown table for the CI log "
+        "or a PR comment, GitHub Actions annotations, or JSON.",
     )
     p.add_argument("base", type=Path, help="report.json of the reference run")
     p.add_argument("current", type=Path, help="report.json of the run under test")
+    p.add_argument(
+        "--format",
+        choices=["markdown", "github", "json"],
+        default="markdown",
+        help="markdown: the table (default); github: an ::error annotation per regression and "
+        "a ::warning per warning (GitHub Actions workflow commands), then the table; json: "
+        "the checks, warnings and verdict as one object",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-latency-regression",
@@ -50,22 +61,24 @@ def add_parser(commands: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepton_compile.gate import MARKDOWN_TITLE, parse_fraction, run_gate
+    from lepton_compile.gate import MARKDOWN_TITLE, evaluate, parse_fraction, render, to_markdown
     from lepton_compile.outdir import check_output_text, write_text
 
     if args.output:
         check_output_text(args.output, MARKDOWN_TITLE, args.force)
-    passed, md = run_gate(
+    base, cur, checks, warnings = evaluate(
         args.base,
         args.current,
         parse_fraction(args.max_latency_regression, "--max-latency-regression"),
         parse_fraction(args.max_energy_regression, "--max-energy-regression"),
         parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop"),
     )
-    print(md)
+    text = render(args.format, base, cur, checks, warnings)
+    print(text)
     if args.output:
         try:
-            write_text(args.output, md)
+            write_text(args.output, to_markdown(base, cur, checks, warnings))
         except OSError as e:
             raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    passed = not any(c.regressed for c in checks)
     return EXIT_OK if passed else EXIT_CONSTRAINTS

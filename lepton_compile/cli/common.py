@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -51,26 +51,26 @@ Subcommands: TypeAlias = "argparse._SubParsersAction[ArgParser]"
 ArgGroup: TypeAlias = "argparse._ArgumentGroup"
 
 
-def positive(text: str) -> float:
-    """argparse type: a finite number above zero (inf and nan are not sizes or durations)."""
+def _finite_number(text: str, allowed: Callable[[float], bool], requirement: str) -> float:
+    """``text`` as a float that is finite and ``allowed``; else an argparse error that ends
+    with ``requirement`` (inf and nan are not sizes or durations)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    if not math.isfinite(value) or not allowed(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number{requirement}")
     return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number above zero."""
+    return _finite_number(text, lambda value: value > 0, " above 0")
 
 
 def non_negative(text: str) -> float:
     """argparse type: a finite number, zero or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number, 0 or more")
-    return value
+    return _finite_number(text, lambda value: value >= 0, ", 0 or more")
 
 
 def count(text: str) -> int:
@@ -82,6 +82,21 @@ def count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
     return value
+
+
+def batch_sizes(text: str) -> list[int]:
+    """argparse type: ``1,8,32`` -> [1, 8, 32] (whole numbers of 1 or more, sorted, unique)."""
+    sizes = []
+    for part in text.replace("x", ",").split(","):
+        if not part.strip():
+            continue
+        try:
+            sizes.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a whole number") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give batch sizes of 1 or more, like 1,8,32")
+    return sorted(set(sizes))
 
 
 def names(text: str | None) -> list[str] | None:
@@ -186,6 +201,20 @@ def measurement_flags(isolate_help: str) -> ArgParser:
     )
     g.add_argument("--no-isolate", action="store_true", help=isolate_help)
     return p
+
+
+def measurement_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``CompileOptions`` keywords that the flags of ``measurement_flags`` set."""
+    return {
+        "backends": tuple(args.backend) if args.backend else None,
+        "device": args.device,
+        "kernels": args.kernels,
+        "meter": args.meter,
+        "cpu_watts": args.cpu_watts,
+        "quick": args.quick,
+        "window_s": args.window_s,
+        "isolate": not args.no_isolate,
+    }
 
 
 def display_flags(json_help: str, quiet_help: str | None = None) -> ArgParser:

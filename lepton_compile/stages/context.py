@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lepton_compile.batching import BatchPlan
 from lepton_compile.bench.protocol import Protocol
 from lepton_compile.bench.race import RaceRules
 from lepton_compile.compress import AccuracyContext
@@ -53,6 +54,9 @@ class RunContext:
     device_at_start: dict[str, Any]
     # Recipes that cannot be built with these inputs (too few calibration samples): why.
     not_buildable: dict[str, str] = field(default_factory=dict)
+    # The serving profile's sizes (None: no profile), and the seconds it took.
+    batches: BatchPlan | None = None
+    serving_wall_s: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
 
     @property

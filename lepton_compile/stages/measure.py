@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lepton_compile.bench.race import race
+from lepton_compile.bench.race import RaceOutcome, RaceRules, race
 from lepton_compile.executor import Executor
 from lepton_compile.stages.context import RunContext
 from lepton_compile.variant import Status, VariantResult
@@ -76,32 +76,37 @@ def measure(ctx: RunContext, executor: Executor, variants: Sequence[VariantResul
                 executor.worker(v.id).suspend()
         for i, group in enumerate(groups):
             label = dev if len(groups) == 1 else f"{dev}#{i + 1}"
-            _race_group(ctx, executor, group, ctx.meters[dev], label)
+            _race_group(ctx, executor, group, label)
             if len(groups) > 1:
                 for v in group[1:]:
                     executor.worker(v.id).suspend()
 
 
-def _race_group(
+def race_group(
     ctx: RunContext,
     executor: Executor,
     group: list[VariantResult],
-    meter: Any,
+    feed: Mapping[str, Any],
     label: str,
-) -> None:
+    rules: RaceRules,
+) -> tuple[RaceOutcome | None, dict[str, str]]:
+    """Race ``group`` (its original first) on ``feed``: the outcome (None when the original
+    could not be set up), and the variants that could not be set up, with why."""
+    meter = ctx.meters[group[0].device]
     runners: dict[str, WorkerRunner] = {}
+    failed: dict[str, str] = {}
     for v in group:
         w = executor.worker(v.id)
         try:
             w.resume()
             kind = "estimate" if meter.name == "estimated" else meter.name
-            w.call("set_measurement", ctx.feeds.eval[0], kind, v.device, ctx.options.cpu_watts)
+            w.call("set_measurement", feed, kind, v.device, ctx.options.cpu_watts)
             runners[v.id] = WorkerRunner(w, ctx.options.variant_timeout_s)  # type: ignore[arg-type]
         except WorkerError as e:
-            v.fail(Status.FAILED, f"meter: {e.reason}")
+            failed[v.id] = e.reason
     original = original_of(group)
     if original.id not in runners:
-        return
+        return None, failed
     obs = ctx.observer
 
     def estimate(low: float, high: float) -> None:
@@ -113,12 +118,25 @@ def _race_group(
         original.id,
         meter,
         ctx.protocol,
-        ctx.rules,
+        rules,
         label=label,
         progress=lambda vid, t, n: obs.advance(f"trial {t + 1}: {vid}"),
         on_estimate=estimate,
         deadline=ctx.deadline,
     )
+    return outcome, failed
+
+
+def _race_group(
+    ctx: RunContext, executor: Executor, group: list[VariantResult], label: str
+) -> None:
+    outcome, failed = race_group(ctx, executor, group, ctx.feeds.eval[0], label, ctx.rules)
+    for v in group:
+        if v.id in failed:
+            v.fail(Status.FAILED, f"meter: {failed[v.id]}")
+    if outcome is None:
+        return
+    original = original_of(group)
     decision = {"race": label, **outcome.to_dict()}
     base = outcome.measurements[original.id]
     for v in group:

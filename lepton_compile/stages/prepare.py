@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lepton_compile import compress, hopeless, inputs, intake
+from lepton_compile import batching, compress, hopeless, inputs, intake
 from lepton_compile import recipes as recipe_lib
 from lepton_compile.bench.energy import get_meter
 from lepton_compile.errors import InputError
@@ -23,7 +23,9 @@ def prepare(model: str | Path, opts: CompileOptions, obs: Observer, work: Path) 
     """
     chosen = recipe_lib.resolve(opts.recipes)
     obs.stage("loading model")
-    loaded = intake.load_model(model, opts.input_shapes)
+    sizes = opts.profiled_batches()
+    loaded = intake.load_model(model, opts.input_shapes, keep_batch=sizes is not None)
+    batches = batching.plan_batches(loaded, sizes) if sizes is not None else None
     feeds = inputs.prepare(
         loaded, opts.inputs_dir, opts.calibration_samples, opts.eval_samples, opts.seed
     )
@@ -71,6 +73,7 @@ def prepare(model: str | Path, opts: CompileOptions, obs: Observer, work: Path) 
         observer=obs,
         device_at_start=device_record(None),
         not_buildable=not_buildable,
+        batches=batches,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lepton_compile import search
+from lepton_compile import search, serving
 from lepton_compile.stages.context import RunContext
 from lepton_compile.variant import Status, VariantResult
 
@@ -17,6 +17,8 @@ class Selection:
     baseline: VariantResult
     best: VariantResult
     reason: str
+    # With a serving profile: the variant and batch to serve with (best is that variant).
+    recommendation: serving.Recommendation | None = None
 
     @property
     def constraints_met(self) -> bool:
@@ -40,13 +42,33 @@ def select(ctx: RunContext, variants: Sequence[VariantResult]) -> Selection:
     objective = ctx.options.objective
     if baseline.status == Status.OK:
         pick = search.select(primary, baseline.id, objective)
-        return Selection(baseline, next(v for v in primary if v.id == pick.id), pick.reason)
+        best = next(v for v in primary if v.id == pick.id)
+        return _with_batch(ctx, primary, Selection(baseline, best, pick.reason))
     # Only --max-latency-ms can reject the baseline; pick the best that met it, if any.
     ok = [v for v in primary if v.status == Status.OK]
     if not ok:
         return Selection(baseline, baseline, "nothing met the constraints")
     best = min(ok, key=lambda v: _objective_value(v, objective))
     return Selection(baseline, best, "the original did not meet the constraints; best that did")
+
+
+def _with_batch(ctx: RunContext, primary: list[VariantResult], sel: Selection) -> Selection:
+    """The serving profile's recommendation over (variant, batch); it may change the pick."""
+    plan = ctx.batches
+    if plan is None or not any(v.serving for v in primary):
+        return sel
+    rec = serving.recommend(
+        primary,
+        sel.best.id,
+        ctx.options.objective,
+        ctx.options.max_latency_ms,
+        plan.base,
+        sel.baseline.id,
+    )
+    if rec.variant == sel.best.id:
+        return Selection(sel.baseline, sel.best, sel.reason, rec)
+    best = next(v for v in primary if v.id == rec.variant)
+    return Selection(sel.baseline, best, rec.text, rec)
 
 
 def _objective_value(v: VariantResult, objective: str) -> float:

@@ -37,9 +37,12 @@ class FakeMeter(Meter):
         return EnergyReading(self.joules, 0.01, self.name, {"token": token})
 
 
-def exact(trials: int = 4, runs: int = 5, warmup: int = 2, seed: int = 0) -> Protocol:
+def exact(
+    trials: int = 4, runs: int = 5, warmup: int = 2, seed: int = 0, **overrides: Any
+) -> Protocol:
     # max == min runs and no time floor: counts are exact, whatever the machine's speed.
-    return Protocol(
+    # `overrides` set other Protocol fields, for the tests of what those fields do.
+    fields: dict[str, Any] = dict(
         warmup_runs=warmup,
         warmup_s=0.0,
         trials=trials,
@@ -51,6 +54,7 @@ def exact(trials: int = 4, runs: int = 5, warmup: int = 2, seed: int = 0) -> Pro
         real_meter_min_s=0.0,
         idle_s=0.0,
     )
+    return Protocol(**(fields | overrides))
 
 
 def counting(counter: Counter[str], vid: str, fail_on: int | None = None) -> Any:
@@ -191,15 +195,7 @@ def test_window_and_pause_follow_the_meter() -> None:
 
 def test_max_runs_caps_a_trial() -> None:
     calls: Counter[str] = Counter()
-    p = Protocol(
-        warmup_runs=0,
-        warmup_s=0.0,
-        trials=2,
-        min_trial_s=3600.0,
-        min_runs_per_trial=1,
-        max_runs_per_trial=7,
-        jitter_s=0.0,
-    )
+    p = exact(trials=2, runs=1, warmup=0, min_trial_s=3600.0, max_runs_per_trial=7)
     res = measure({"x": counting(calls, "x")}, FakeMeter(), p)
     assert calls["x"] == 14 and res["x"].runs == 14
 
@@ -226,17 +222,7 @@ class IdleMeter(FakeMeter):
 
 
 def test_idle_power_gives_above_idle_energy() -> None:
-    p = Protocol(
-        warmup_runs=0,
-        warmup_s=0.0,
-        trials=2,
-        min_trial_s=0.0,
-        min_runs_per_trial=4,
-        max_runs_per_trial=4,
-        jitter_s=0.0,
-        real_meter_min_s=0.0,
-        idle_s=0.001,
-    )
+    p = exact(trials=2, runs=4, warmup=0, idle_s=0.001)
     res = measure({"x": lambda: None}, IdleMeter(), p)["x"]
     assert res.idle_watts == pytest.approx(2.0)
     assert res.energy_j is not None and res.energy_j.mean == pytest.approx(0.25)  # 1 J / 4 runs
@@ -247,14 +233,6 @@ def test_idle_power_gives_above_idle_energy() -> None:
 
 
 def test_estimate_has_no_idle_figure() -> None:
-    p = Protocol(
-        warmup_runs=0,
-        warmup_s=0.0,
-        trials=2,
-        min_trial_s=0.0,
-        min_runs_per_trial=2,
-        max_runs_per_trial=2,
-        jitter_s=0.0,
-    )
+    p = exact(trials=2, runs=2, warmup=0, idle_s=5.0)  # an idle window asked for all the same
     res = measure({"x": lambda: None}, EstimateMeter(cpu_model="X"), p)["x"]
     assert res.idle_watts is None and res.to_dict()["energy_j"]["above_idle"] is None

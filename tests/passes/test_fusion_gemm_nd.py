@@ -68,11 +68,16 @@ def run_pass(
     )
 
 
-def qkv_inits() -> dict[str, np.ndarray]:
-    inits = {"heads": np.array([2, 8, 2, 8], np.int64)}
-    for i, name in enumerate("qkv"):
+def projection_inits(names: str) -> dict[str, np.ndarray]:
+    """w<name> (16, 16) and b<name> (16,) for each letter of ``names``, seeded by its place."""
+    inits = {}
+    for i, name in enumerate(names):
         inits[f"w{name}"], inits[f"b{name}"] = w(16, 16, seed=i), w(16, seed=i)
     return inits
+
+
+def qkv_inits() -> dict[str, np.ndarray]:
+    return {"heads": np.array([2, 8, 2, 8], np.int64), **projection_inits("qkv")}
 
 
 def test_qkv_projections_share_one_input_reshape():
@@ -183,17 +188,15 @@ layer (float[1,8,16] x) => (float[1,8,16] out) {
 
 
 def layer_inits() -> dict[str, np.ndarray]:
-    inits = {
+    return {
         "heads": np.array([1, 8, 2, 8], np.int64),
         "hidden": np.array([1, 8, 16], np.int64),
         "w1": w(16, 32),
         "b1": w(32),
         "w2": w(32, 16),
         "b2": w(16),
+        **projection_inits("qkvo"),
     }
-    for i, name in enumerate("qkvo"):
-        inits[f"w{name}"], inits[f"b{name}"] = w(16, 16, seed=i), w(16, seed=i)
-    return inits
 
 
 def test_attention_layer():
@@ -309,19 +312,26 @@ def test_rejects_matmul_read_twice():
 # --- regions that must stay 3-D ------------------------------------------------------
 
 
-def test_region_with_graph_output_stays_3d():
-    text = """
+def two_projections(middle: str, outputs: str = "float[2,3,8] y", **inits) -> onnx.ModelProto:
+    """x [2, 3, 8] -> MatMul+Add -> h, then ``middle`` (reads h, writes r), then MatMul+Add -> y;
+    ``inits`` are the initializers ``middle`` reads."""
+    text = f"""
     <ir_version: 8, opset_import: ["" : 17]>
-    g (float[2,3,8] x) => (float[2,3,8] y, float[2,3,8] r) {
+    g (float[2,3,8] x) => ({outputs}) {{
         hm = MatMul(x, w1)
         h = Add(hm, b1)
-        r = Relu(h)
+        {middle}
         ym = MatMul(r, w2)
         y = Add(ym, b2)
-    }
+    }}
     """
-    inits = {"w1": w(8, 8), "b1": w(8), "w2": w(8, 8, seed=1), "b2": w(8, seed=1)}
-    out = run_pass(model_from_text(text, inits), modified=True, force=True)
+    weights = {"w1": w(8, 8), "b1": w(8), "w2": w(8, 8, seed=1), "b2": w(8, seed=1)}
+    return model_from_text(text, weights | inits)
+
+
+def test_region_with_graph_output_stays_3d():
+    model = two_projections("r = Relu(h)", outputs="float[2,3,8] y, float[2,3,8] r")
+    out = run_pass(model, modified=True, force=True)
     # r keeps its [2, 3, 8] shape: the Relu reads the first Gemm's output Reshape.
     relu = next(n for n in out.graph.node if n.op_type == "Relu")
     producer = next(n for n in out.graph.node if relu.input[0] in n.output)
@@ -331,41 +341,14 @@ def test_region_with_graph_output_stays_3d():
 
 def test_region_with_3d_operand_stays_3d():
     # The residual x is [2, 3, 8]: the Add cannot run on the 2-D tensor.
-    text = """
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[2,3,8] x) => (float[2,3,8] y) {
-        hm = MatMul(x, w1)
-        h = Add(hm, b1)
-        r = Add(h, x)
-        ym = MatMul(r, w2)
-        y = Add(ym, b2)
-    }
-    """
-    inits = {"w1": w(8, 8), "b1": w(8), "w2": w(8, 8, seed=1), "b2": w(8, seed=1)}
-    out = run_pass(model_from_text(text, inits), modified=True, force=True)
+    out = run_pass(two_projections("r = Add(h, x)"), modified=True, force=True)
     assert op_counts(out) == {"Reshape": 4, "Gemm": 2, "Add": 1}
 
 
 def test_region_with_rank_2_constant_stays_3d():
     # A [3, 8] constant broadcasts over the middle axis: on [6, 8] it would not.
-    text = """
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[2,3,8] x) => (float[2,3,8] y) {
-        hm = MatMul(x, w1)
-        h = Add(hm, b1)
-        s = Mul(h, scale)
-        ym = MatMul(s, w2)
-        y = Add(ym, b2)
-    }
-    """
-    inits = {
-        "w1": w(8, 8),
-        "b1": w(8),
-        "w2": w(8, 8, seed=1),
-        "b2": w(8, seed=1),
-        "scale": w(3, 8, seed=2),
-    }
-    out = run_pass(model_from_text(text, inits), modified=True, force=True)
+    model = two_projections("r = Mul(h, scale)", scale=w(3, 8, seed=2))
+    out = run_pass(model, modified=True, force=True)
     assert op_counts(out) == {"Reshape": 4, "Gemm": 2, "Mul": 1}
 
 

@@ -176,8 +176,9 @@ def test_pad_into_conv_opset_18_axes_and_shared_pad():
     assert out.graph.node[1].input[0] == "x"
 
 
-def test_pad_into_average_pool_counts_the_pads():
-    model = model_from_text(
+def pad_then_average_pool() -> onnx.ModelProto:
+    """Zero padding of one row and column each side, then a 2x2 AveragePool."""
+    return model_from_text(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[1,2,6,6] x) => (float[1,2,7,7] y) {
@@ -187,6 +188,10 @@ def test_pad_into_average_pool_counts_the_pads():
         """,
         {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)},
     )
+
+
+def test_pad_into_average_pool_counts_the_pads():
+    model = pad_then_average_pool()
     out = run_pass(model, ["infer-shapes", "fuse-pad"], ["AveragePool"])
     assert attribute(out, "AveragePool", "count_include_pad") == 1
     assert attribute(out, "AveragePool", "pads") == [1, 1, 1, 1]
@@ -284,15 +289,6 @@ def test_pad_rejects(op_line, pad_line, overrides, why):
 
 
 def test_pad_pass_options_leave_pools_alone():
-    model = model_from_text(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        g (float[1,2,6,6] x) => (float[1,2,7,7] y) {
-            p = Pad(x, pads)
-            y = AveragePool<kernel_shape = [2, 2]>(p)
-        }
-        """,
-        {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)},
-    )
+    model = pad_then_average_pool()
     out = optimize(model, passes=["fuse-pad"], options={"fuse-pad": {"pools": False}}, verify=False)
     assert out.records[0].modified is False

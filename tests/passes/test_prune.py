@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import LIGHT_DIR, text_model
-from make_models import tinycnn
+from conftest import LIGHT_DIR, mlp_text, text_model
+from make_models import bn_weights, tinycnn
 from onnx import numpy_helper
 
 from lepton_compile.passes import prune
@@ -61,15 +61,6 @@ def _assert_same(
 
 def _groups(model: onnx.ModelProto) -> dict[str, prune.ChannelGroup]:
     return {g.id: g for g in channel_groups(model)}
-
-
-def _bn(rng: np.random.Generator, c: int, tag: str) -> dict[str, np.ndarray]:
-    return {
-        f"s{tag}": rng.uniform(0.5, 1.5, c).astype(np.float32),
-        f"o{tag}": rng.normal(0, 0.1, c).astype(np.float32),
-        f"m{tag}": rng.normal(0, 0.1, c).astype(np.float32),
-        f"v{tag}": rng.uniform(0.5, 1.5, c).astype(np.float32),
-    }
 
 
 def _w(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -325,7 +316,7 @@ depthwise (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
 
 def _chain() -> onnx.ModelProto:
     rng = np.random.default_rng(RNG_SEED)
-    w = {"w1": _w(rng, 8, 3, 3, 3), "b1": _w(rng, 8), **_bn(rng, 8, "1")}
+    w = {"w1": _w(rng, 8, 3, 3, 3), "b1": _w(rng, 8), **bn_weights(rng, 8, "1")}
     w |= {"w2": _w(rng, 4, 8, 3, 3), "b2": _w(rng, 4)}
     _kill(w, [1, 4, 6], w=["w1"], b=["b1"], bn=["1"])
     return text_model(CHAIN, w)
@@ -333,7 +324,7 @@ def _chain() -> onnx.ModelProto:
 
 def _residual() -> onnx.ModelProto:
     rng = np.random.default_rng(RNG_SEED)
-    w = {"wa": _w(rng, 8, 4, 3, 3), "ba": _w(rng, 8), **_bn(rng, 8, "a")}
+    w = {"wa": _w(rng, 8, 4, 3, 3), "ba": _w(rng, 8), **bn_weights(rng, 8, "a")}
     w |= {"wb": _w(rng, 8, 4, 1, 1), "wy": _w(rng, 3, 8, 3, 3), "by": _w(rng, 3)}
     _kill(w, [0, 5], w=["wa", "wb"], b=["ba"], bn=["a"])
     return text_model(RESIDUAL, w)
@@ -342,7 +333,12 @@ def _residual() -> onnx.ModelProto:
 def _concat() -> onnx.ModelProto:
     rng = np.random.default_rng(RNG_SEED)
     w = {"wp": _w(rng, 6, 3, 3, 3), "bp": _w(rng, 6), "wq": _w(rng, 4, 3, 1, 1)}
-    w |= {"bq": _w(rng, 4), **_bn(rng, 13, "n"), "wy": _w(rng, 3, 13, 3, 3), "by": _w(rng, 3)}
+    w |= {
+        "bq": _w(rng, 4),
+        **bn_weights(rng, 13, "n"),
+        "wy": _w(rng, 3, 13, 3, 3),
+        "by": _w(rng, 3),
+    }
     _kill(w, [1, 4], w=["wp"], b=["bp"])
     _kill(w, [2], w=["wq"], b=["bq"])
     # Concat positions: p at 0..5, x at 6..8, q at 9..12.
@@ -352,7 +348,7 @@ def _concat() -> onnx.ModelProto:
 
 def _depthwise() -> onnx.ModelProto:
     rng = np.random.default_rng(RNG_SEED)
-    w = {"we": _w(rng, 8, 4, 1, 1), **_bn(rng, 8, "e"), **_bn(rng, 8, "d")}
+    w = {"we": _w(rng, 8, 4, 1, 1), **bn_weights(rng, 8, "e"), **bn_weights(rng, 8, "d")}
     w |= {"wd": _w(rng, 8, 1, 3, 3), "bd": _w(rng, 8), "wy": _w(rng, 4, 8, 1, 1)}
     w |= {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
     _kill(w, [2, 3, 7], w=["we"], b=["bd"], bn=["e", "d"])
@@ -438,16 +434,7 @@ def test_depthwise_group_attribute_updated() -> None:
 
 MLP_CASES = {
     "matmul": (
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        mlp (float[B, 16] x) => (float[B, 5] y) {
-            h = MatMul (x, w1)
-            hb = Add (h, b1)
-            r = Relu (hb)
-            o = MatMul (r, w2)
-            y = Add (o, b2)
-        }
-        """,
+        mlp_text(16, 12, 5, softmax=False),
         {"w1": (16, 12), "b1": (12,), "w2": (12, 5), "b2": (5,)},
         {"x": [3, 16]},
     ),

@@ -172,6 +172,14 @@ def test_fp16_tinycnn_structure_and_outputs() -> None:
     assert_close(run(ref, feed), run(apply(p, ref)[0], feed), 0.9999, FP16_RTOL)
 
 
+def assert_fp32_between_casts(q: onnx.ModelProto, node: onnx.NodeProto, half: int) -> None:
+    """``node`` computes in FP32: a Cast to FP32 feeds it, one Cast back to ``half`` reads it."""
+    into = producer(q, node.input[0])
+    assert (into.op_type, attr(into, "to")) == ("Cast", TensorProto.FLOAT)
+    (out,) = consumers(q, node.output[0])
+    assert (out.op_type, attr(out, "to")) == ("Cast", half)
+
+
 def test_fp16_traps() -> None:
     q, modified = apply(Float16Pass(), TRAPS)
     assert modified
@@ -191,11 +199,7 @@ def test_fp16_traps() -> None:
     smallest = float(np.float16(FP16_TINY))
     assert tiny[:2].tolist() == [smallest, smallest] and tiny[3] == 0.0
     assert numpy_helper.to_array(initializer(q, "eps")) > 0
-    cumsum = by_name["CumSum_8"]  # blocked: FP32 inside, Casts around
-    into = producer(q, cumsum.input[0])
-    assert (into.op_type, attr(into, "to")) == ("Cast", TensorProto.FLOAT)
-    (out,) = consumers(q, cumsum.output[0])
-    assert (out.op_type, attr(out, "to")) == ("Cast", TensorProto.FLOAT16)
+    assert_fp32_between_casts(q, by_name["CumSum_8"], TensorProto.FLOAT16)  # blocked
     feed = {"x": np.array([[0.0, 1, -2, 3, 0.5, 0, 6, -7]] * 2, np.float32)}
     ref, norm_ref = run(TRAPS, feed)
     y, norm = run(q, feed)
@@ -205,19 +209,26 @@ def test_fp16_traps() -> None:
     np.testing.assert_allclose(y[:, 3:], ref[:, 3:], rtol=5e-3, atol=5e-3)
 
 
-def test_fp16_nodes_to_exclude_stay_fp32() -> None:
+def excluded_conv(
+    pass_type: type[Float16Pass] | type[BFloat16Pass], name: str, half: int
+) -> tuple[onnx.ModelProto, onnx.ModelProto, onnx.NodeProto]:
+    """tinycnn through ``pass_type(nodes_to_exclude=[name])``: the Conv ``name``, a candidate
+    otherwise, is not one, and runs in FP32 between Casts. Returns the model, the converted
+    model and that Conv."""
     model = static_tinycnn()
-    assert "Conv_3" in Float16Pass().candidates(model)
-    p = Float16Pass(nodes_to_exclude=["Conv_3"])
-    assert "Conv_3" not in p.candidates(model)
+    assert name in pass_type().candidates(model)
+    p = pass_type(nodes_to_exclude=[name])
+    assert name not in p.candidates(model)
     q, _ = apply(p, model)
     check(q)
-    conv = nodes(q)["Conv_3"]
+    conv = nodes(q)[name]
+    assert_fp32_between_casts(q, conv, half)
+    return model, q, conv
+
+
+def test_fp16_nodes_to_exclude_stay_fp32() -> None:
+    _, q, conv = excluded_conv(Float16Pass, "Conv_3", TensorProto.FLOAT16)
     assert initializer(q, conv.input[1]).data_type == TensorProto.FLOAT
-    into = producer(q, conv.input[0])
-    assert (into.op_type, attr(into, "to")) == ("Cast", TensorProto.FLOAT)
-    (out,) = consumers(q, conv.output[0])
-    assert (out.op_type, attr(out, "to")) == ("Cast", TensorProto.FLOAT16)
     assert initializer(q, nodes(q)["Conv_6"].input[1]).data_type == TensorProto.FLOAT16
 
 
@@ -298,11 +309,7 @@ def test_bf16_traps(tmp_path: Path) -> None:
     assert attr(by_name["ConstantOfShape_9"], "value").data_type == TensorProto.BFLOAT16
     huge = numpy_helper.to_array(initializer(q, "huge_bf16")).astype(np.float32)
     assert huge[:3].tolist() == [999424.0, -999424.0, 70144.0]  # in range: just rounded
-    cumsum = by_name["CumSum_8"]  # blocked: FP32 inside, Casts around
-    into = producer(q, cumsum.input[0])
-    assert (into.op_type, attr(into, "to")) == ("Cast", TensorProto.FLOAT)
-    (out,) = consumers(q, cumsum.output[0])
-    assert (out.op_type, attr(out, "to")) == ("Cast", TensorProto.BFLOAT16)
+    assert_fp32_between_casts(q, by_name["CumSum_8"], TensorProto.BFLOAT16)  # blocked
     feed = {"x": np.array([[0.0, 1, -2, 3, 0.5, 0, 6, -7]] * 2, np.float32)}
     refs = run(TRAPS, feed)
     outs = run_lepton(q, feed, tmp_path)
@@ -311,18 +318,8 @@ def test_bf16_traps(tmp_path: Path) -> None:
 
 
 def test_bf16_nodes_to_exclude_stay_fp32(tmp_path: Path) -> None:
-    model = static_tinycnn()
-    assert "Conv_6" in BFloat16Pass().candidates(model)
-    p = BFloat16Pass(nodes_to_exclude=["Conv_6"])
-    assert "Conv_6" not in p.candidates(model)
-    q, _ = apply(p, model)
-    check(q)
-    conv = nodes(q)["Conv_6"]
+    model, q, conv = excluded_conv(BFloat16Pass, "Conv_6", TensorProto.BFLOAT16)
     assert [initializer(q, x).data_type for x in conv.input[1:]] == [TensorProto.FLOAT] * 2
-    into = producer(q, conv.input[0])
-    assert (into.op_type, attr(into, "to")) == ("Cast", TensorProto.FLOAT)
-    (out,) = consumers(q, conv.output[0])
-    assert (out.op_type, attr(out, "to")) == ("Cast", TensorProto.BFLOAT16)
     feed = images(1, seed=3)[0]
     assert_close(run(model, feed), run_lepton(q, feed, tmp_path), 0.999)
 

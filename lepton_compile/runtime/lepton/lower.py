@@ -34,6 +34,7 @@ import torch
 from onnx import helper
 
 from lepton_compile.errors import NotSupported
+from lepton_compile.passes.walk import proto_nodes
 from lepton_compile.runtime.lepton import dtypes
 from lepton_compile.runtime.lepton.registry import load_converters, normalize_domain
 
@@ -347,17 +348,6 @@ def _io_spec(vi: onnx.ValueInfoProto) -> IOSpec:
     return IOSpec(vi.name, elem, dtype, shape)
 
 
-def _ops_in(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _ops_in(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _ops_in(g)
-
-
 def schema_defaults(node: onnx.NodeProto, opset: int) -> dict[str, onnx.AttributeProto]:
     """Default attribute values the ONNX schema of `node`'s op declares."""
     try:
@@ -410,7 +400,7 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     opsets = {normalize_domain(o.domain): o.version for o in model.opset_import}
     local = {(f.domain, f.name) for f in model.functions}
     missing: set[str] = set()
-    for node in _ops_in(model.graph):
+    for node in proto_nodes(model.graph):
         domain = normalize_domain(node.domain)
         if (domain, node.op_type) in table or node.op_type in SUBGRAPH_OPS and domain == "":
             continue
@@ -713,7 +703,7 @@ class Lowering:
 def _use_counts(graph: onnx.GraphProto) -> dict[str, int]:
     """How many times each value name is read (node inputs, subgraphs, graph outputs)."""
     uses: dict[str, int] = {}
-    for node in _ops_in(graph):
+    for node in proto_nodes(graph):
         for name in node.input:
             if name:
                 uses[name] = uses.get(name, 0) + 1

@@ -9,6 +9,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
+from lepton_compile.contract import same_pads
 from lepton_compile.runtime.lepton.lower import Const, NodeCtx, no_tracing
 from lepton_compile.runtime.lepton.registry import op
 
@@ -23,24 +24,6 @@ def _ints(ctx: NodeCtx, name: str, n: int, default: int) -> list[int]:
     if len(value) != n:
         raise ctx.unsupported(f"{name}={list(value)} does not have {n} values")
     return [int(v) for v in value]
-
-
-def same_pads(
-    auto_pad: str,
-    spatial: Sequence[int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-) -> tuple[list[int], list[int]]:
-    """(begin, end) pads of auto_pad SAME_UPPER / SAME_LOWER: output = ceil(input / stride)."""
-    begin, end = [], []
-    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-        small, big = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else big)
-        end.append(big if auto_pad == "SAME_UPPER" else small)
-    return begin, end
 
 
 def explicit_pads(
@@ -142,16 +125,13 @@ def conv_transpose(ctx: NodeCtx):
     ]
     auto_pad = ctx.attr("auto_pad", "NOTSET")
     output_shape = ctx.attr("output_shape")
-    if output_shape:
-        output_shape = list(output_shape)[-n:]
-        total = [f + op_ - o for f, op_, o in zip(full, out_pad, output_shape, strict=True)]
-        if auto_pad == "SAME_UPPER":
-            begin = [t // 2 for t in total]
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # Crop the full output to the asked size (output_shape, else input x stride), the odd
+        # pixel at the end for SAME_UPPER and at the start otherwise.
+        if output_shape:
+            target = list(output_shape)[-n:]
         else:
-            begin = [t - t // 2 for t in total]
-        end = [t - bb for t, bb in zip(total, begin, strict=True)]
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = [i * s for i, s in zip(spatial, strides, strict=True)]
+            target = [i * s for i, s in zip(spatial, strides, strict=True)]
         total = [f + op_ - t for f, op_, t in zip(full, out_pad, target, strict=True)]
         if auto_pad == "SAME_UPPER":
             begin = [t // 2 for t in total]
