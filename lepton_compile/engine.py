@@ -131,41 +131,36 @@ def compile(
     ctx = stages.prepare(model, opts, observer or Observer(), Path(tmp.name))
     variants = stages.plan_variants(ctx)
     active = [v for v in variants if v.status == Status.PENDING]
-    vcache = _open_cache(ctx)
-    try:
-        hits = {v.id: vcache.lookup(v) for v in active}
-        if all(hits.values()):
-            _reuse(ctx, active, hits, vcache)
-            if ctx.batches is not None:
-                opts = ctx.options
-                with LocalExecutor(opts.isolate, opts.variant_timeout_s, ctx.memory_limit) as ex:
-                    stages.serve(ctx, ex, active, vcache, load=True)
-        else:
-            _run(ctx, active, hits, vcache)
-            for v in active:
-                vcache.save(v)
-    finally:
-        vcache.close()
+    _build_and_measure(ctx, active)
     sel = stages.select(ctx, variants)
     ctx.observer.done()
     rep = stages.emit(ctx, variants, sel)
     result = CompileResult(
-        ctx.loaded,
-        variants,
-        sel.baseline,
-        sel.best,
-        sel.reason,
-        opts.objective,
-        rep,
+        *(ctx.loaded, variants, sel.baseline, sel.best, sel.reason, opts.objective, rep),
         ctx.work,
-        tmp,
-        sel.recommendation,
+        _tmp=tmp,
+        recommendation=sel.recommendation,
     )
     if opts.mlflow:
         from lepton_compile import tracking
 
         result.mlflow_run_id = tracking.log_compile(result, opts)
     return result
+
+
+def _build_and_measure(ctx: RunContext, active: list[VariantResult]) -> None:
+    """The middle stages, or the whole run from the result cache when all of it is there."""
+    vcache = _open_cache(ctx)
+    try:
+        hits = {v.id: vcache.lookup(v) for v in active}
+        if all(hits.values()):
+            _reuse(ctx, active, hits, vcache)
+        else:
+            _run(ctx, active, hits, vcache)
+            for v in active:
+                vcache.save(v)
+    finally:
+        vcache.close()
 
 
 def _run(
@@ -193,6 +188,10 @@ def _reuse(
             v.artifact.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(hit["artifact_path"], v.artifact)
         ctx.observer.advance(v.id)
+    if ctx.batches is not None:  # the serving profile reuses each size it holds, measures the rest
+        opts = ctx.options
+        with LocalExecutor(opts.isolate, opts.variant_timeout_s, ctx.memory_limit) as executor:
+            stages.serve(ctx, executor, active, vcache, load=True)
 
 
 def _open_cache(ctx: RunContext) -> VariantCache:
