@@ -18,7 +18,7 @@ from typing import Any
 
 from lepton_compile import stages
 from lepton_compile.cached import VariantCache, inputs_fingerprint
-from lepton_compile.executor import LocalExecutor
+from lepton_compile.executor import connect, executor_for
 from lepton_compile.intake import LoadedModel
 from lepton_compile.modelio import copy_model, uses_external_data
 from lepton_compile.options import CompileOptions
@@ -127,6 +127,7 @@ def compile(
     """
     opts = options if options is not None else CompileOptions(**kwargs)
     opts.validate()
+    connect(opts)  # a cluster that cannot be reached is bad input, said before any work
     tmp = tempfile.TemporaryDirectory(prefix="lepton-")
     ctx = stages.prepare(model, opts, observer or Observer(), Path(tmp.name))
     variants = stages.plan_variants(ctx)
@@ -166,13 +167,15 @@ def _build_and_measure(ctx: RunContext, active: list[VariantResult]) -> None:
 def _run(
     ctx: RunContext, active: list[VariantResult], hits: dict[str, Any], vcache: VariantCache
 ) -> None:
-    opts = ctx.options
-    with LocalExecutor(opts.isolate, opts.variant_timeout_s, ctx.memory_limit) as executor:
-        ref = stages.reference(ctx, executor, active[0])
-        stages.build(ctx, executor, active, hits)
-        stages.verify(ctx, executor, active, ref)
-        stages.measure(ctx, executor, active)
-        stages.serve(ctx, executor, active, vcache)
+    with executor_for(ctx.options, ctx.memory_limit, ctx.plan.devices) as executor:
+        try:
+            ref = stages.reference(ctx, executor, active[0])
+            stages.build(ctx, executor, active, hits)
+            stages.verify(ctx, executor, active, ref)
+            stages.measure(ctx, executor, active)
+            stages.serve(ctx, executor, active, vcache)
+        finally:
+            _record_executor(ctx, executor)
 
 
 def _reuse(
@@ -189,9 +192,18 @@ def _reuse(
             shutil.copyfile(hit["artifact_path"], v.artifact)
         ctx.observer.advance(v.id)
     if ctx.batches is not None:  # the serving profile reuses each size it holds, measures the rest
-        opts = ctx.options
-        with LocalExecutor(opts.isolate, opts.variant_timeout_s, ctx.memory_limit) as executor:
-            stages.serve(ctx, executor, active, vcache, load=True)
+        with executor_for(ctx.options, ctx.memory_limit, ctx.plan.devices) as executor:
+            try:
+                stages.serve(ctx, executor, active, vcache, load=True)
+            finally:
+                _record_executor(ctx, executor)
+
+
+def _record_executor(ctx: RunContext, executor: Any) -> None:
+    """Where the work ran, for the report (an executor that can say: Ray's nodes)."""
+    describe = getattr(executor, "describe", None)
+    if describe is not None:
+        ctx.executor = describe()
 
 
 def _open_cache(ctx: RunContext) -> VariantCache:

@@ -4,14 +4,19 @@ A stage asks the executor for the worker of a variant and sends it requests (``b
 ``load``, ``run``, ``set_measurement``, timed windows). The local executor gives each variant
 its own worker process (``worker.VariantWorker``: time and memory limits, crash isolation),
 or runs everything in this process with ``isolate=False``. A distributed executor plugs in
-here with the same interface; measurement stays on the device the figures are for.
+here with the same interface; measurement stays on the device the figures are for:
+``executor_ray.RayExecutor`` runs each variant's worker as a Ray actor (``--executor ray``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lepton_compile.worker import VariantWorker
+
+if TYPE_CHECKING:
+    from lepton_compile.options import CompileOptions
 
 
 class Worker(Protocol):
@@ -62,3 +67,36 @@ class LocalExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def connect(opts: CompileOptions) -> None:
+    """Reach the executor's cluster, if it has one: InputError, one line, when it cannot.
+    Called before a run writes anything."""
+    if opts.executor == "ray":
+        _ray().connect(opts.ray_address)
+
+
+def executor_for(
+    opts: CompileOptions, memory_limit: int | None, devices: Iterable[str] = ()
+) -> LocalExecutor | Any:
+    """The executor ``opts`` asks for; ``devices`` are the run's, whose kind picks the node
+    that Ray measures on when no ``target_resource`` is named (a GPU node for CUDA)."""
+    if opts.executor != "ray":
+        return LocalExecutor(opts.isolate, opts.variant_timeout_s, memory_limit)
+    resource = opts.target_resource
+    if resource is None and any(d.startswith("cuda") for d in devices):
+        resource = "GPU"
+    return _ray().RayExecutor(opts.variant_timeout_s, resource, address=opts.ray_address)
+
+
+def _ray() -> Any:
+    """``executor_ray``, imported only when asked for: Ray is an optional dependency."""
+    from lepton_compile.errors import InputError
+
+    try:
+        from lepton_compile import executor_ray
+    except ImportError as e:
+        if e.name is not None and e.name.split(".")[0] != "ray":
+            raise
+        raise InputError("--executor ray needs Ray: pip install 'lepton-compile[ray]'") from None
+    return executor_ray

@@ -24,6 +24,7 @@ from lepton_compile.tracking import DEFAULT_EXPERIMENT
 from lepton_compile.worker import DEFAULT_TIMEOUT_S
 
 KERNEL_MODES = ("auto", "triton", "torch")
+EXECUTORS = ("local", "ray")
 # A variant this many times slower than the original in the screen is not measured further.
 DEFAULT_SCREEN_FACTOR = 2.0
 
@@ -70,6 +71,12 @@ class CompileOptions:
     # default tracking store ($MLFLOW_TRACKING_URI), or a tracking URI; None: not logged.
     mlflow: bool | str | None = None
     mlflow_experiment: str = DEFAULT_EXPERIMENT
+    # Where the variants' work runs: worker processes here ("local"), or Ray actors ("ray") on
+    # the cluster at ray_address (None: the one `ray start` left for this machine), measured
+    # on a node with target_resource (None: "GPU" for CUDA variants, else any one node).
+    executor: str = "local"
+    ray_address: str | None = None
+    target_resource: str | None = None
 
     def validate(self) -> None:
         """Raise InputError on a value no run could use."""
@@ -94,9 +101,24 @@ class CompileOptions:
             raise InputError("--mlflow: the tracking URI is empty")
         if not (isinstance(self.mlflow_experiment, str) and self.mlflow_experiment.strip()):
             raise InputError("--mlflow-experiment must be a non-empty name")
+        self._validate_executor()
         if self.metric is not None and not callable(self.metric):
             raise InputError("metric must be a callable metric(outputs, labels) -> float")
         self.race_rules()  # its own checks
+
+    def _validate_executor(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}")
+        for flag, value in (
+            ("--ray-address", self.ray_address),
+            ("--target-resource", self.target_resource),
+        ):
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise InputError(f"{flag} must be a non-empty string")
+            if value is not None and self.executor != "ray":
+                raise InputError(f"{flag} needs --executor ray")
+        if self.executor == "ray" and not self.isolate:
+            raise InputError("--no-isolate runs variants in this process: not with --executor ray")
 
     def measurement_protocol(self) -> Protocol:
         proto = self.protocol or (Protocol.quick() if self.quick else Protocol())

@@ -52,6 +52,7 @@ other commands:
   lepton-compile passes                    list the graph passes and pipelines
   lepton-compile recipes                   list the recipes (variants) and recipe groups
   lepton-compile bench MODEL               measure one model as it is (no search)
+  lepton-compile fleet DIR|LIST -o OUT     many models: a compile and output each, one summary
   lepton-compile cache list|clear          the result cache of earlier runs
   lepton-compile compile MODEL             this main job, named (a MODEL file that exists is
                                            always the model, even if named like a command)
@@ -74,6 +75,16 @@ def _parents() -> list[ArgParser]:
             "of lepton-compile there is replaced; anything else is refused unless --force",
             "replace whatever is at the output path, even files lepton-compile did not write",
         ),
+        *run_parents(),
+        display_flags(
+            "print report.json to stdout (no table, no progress)", quiet_help="no progress display"
+        ),
+    ]
+
+
+def run_parents() -> list[ArgParser]:
+    """The parent parsers of one compile's inputs and measurement (``fleet`` lists them too)."""
+    return [
         input_shape_flag(),
         inputs_flag(
             "directory of .npz files, one feed per file, keys = input names; the first files "
@@ -83,10 +94,18 @@ def _parents() -> list[ArgParser]:
             "build and measure variants in this process instead of one worker process each "
             "(faster start; a crashing variant then ends the run)"
         ),
-        display_flags(
-            "print report.json to stdout (no table, no progress)", quiet_help="no progress display"
-        ),
     ]
+
+
+def add_run_groups(p: argparse.ArgumentParser) -> None:
+    """The flag groups of one compile after its parents (``fleet`` adds them too, so that
+    every compile flag works there)."""
+    _add_search_flags(p.add_argument_group("search"))
+    _add_accuracy_flags(p.add_argument_group("accuracy"))
+    _add_racing_flags(p.add_argument_group("racing (how long to measure)"))
+    _add_run_flags(p.add_argument_group("run"))
+    _add_cluster_flags(p.add_argument_group("cluster"))
+    _add_mlflow_flags(p.add_argument_group("MLflow"))
 
 
 def add_parser(commands: Subcommands) -> None:
@@ -101,11 +120,7 @@ def add_parser(commands: Subcommands) -> None:
     )
     p.add_argument("model", type=Path, help="the ONNX model (never modified)")
     p.add_argument("--version", action="version", version=f"lepton-compile {__version__}")
-    _add_search_flags(p.add_argument_group("search"))
-    _add_accuracy_flags(p.add_argument_group("accuracy"))
-    _add_racing_flags(p.add_argument_group("racing (how long to measure)"))
-    _add_run_flags(p.add_argument_group("run"))
-    _add_mlflow_flags(p.add_argument_group("MLflow"))
+    add_run_groups(p)
     p.set_defaults(run=run)
 
 
@@ -263,6 +278,35 @@ def _add_run_flags(g: ArgGroup) -> None:
     )
 
 
+def _add_cluster_flags(g: ArgGroup) -> None:
+    """Where the variants' work runs: worker processes here, or actors on a Ray cluster."""
+    g.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a worker process per variant on this machine; ray: a Ray actor per "
+        "variant on a Ray cluster (builds and verification wherever it has room, measurement "
+        "on one node with --target-resource). Needs pip install 'lepton-compile[ray]' "
+        "(default: local)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster to join, HOST:PORT or ray://HOST:PORT (default: the one "
+        "`ray start` left running for this machine). A cluster of several machines needs the "
+        "work directory (TMPDIR) on a filesystem they all share",
+    )
+    g.add_argument(
+        "--target-resource",
+        default=None,
+        metavar="NAME",
+        help="measure on a node that has this Ray resource, e.g. one started with "
+        "`ray start --resources '{\"bench\": 1}'` (default: GPU for CUDA variants, else "
+        "any one node; every variant is measured on the same node)",
+    )
+
+
 def _add_mlflow_flags(g: ArgGroup) -> None:
     """Logging the run to MLflow once the output directory is written."""
     g.add_argument(
@@ -352,6 +396,9 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
         # Naming an experiment asks for the run to be logged (to the default store).
         mlflow=args.mlflow if args.mlflow is not None else bool(args.mlflow_experiment) or None,
         mlflow_experiment=args.mlflow_experiment or DEFAULT_EXPERIMENT,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        target_resource=args.target_resource,
         **measurement_options(args),
     )
 

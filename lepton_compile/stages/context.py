@@ -57,6 +57,8 @@ class RunContext:
     # The serving profile's sizes (None: no profile), and the seconds it took.
     batches: BatchPlan | None = None
     serving_wall_s: float = 0.0
+    # Where the work ran when not in local workers (``RayExecutor.describe``), for the report.
+    executor: dict[str, Any] = field(default_factory=dict)
     t_start: float = field(default_factory=time.perf_counter)
 
     @property

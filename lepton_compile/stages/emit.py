@@ -42,6 +42,7 @@ def emit(ctx: RunContext, variants: Sequence[VariantResult], sel: Selection) -> 
             "variant_timeout_s": opts.variant_timeout_s,
             "memory_limit_bytes": ctx.memory_limit,
             "budget_s": opts.budget_s,
+            **({"executor": ctx.executor} if ctx.executor else {}),
         },
         rules=ctx.rules,
         serving=serving_section,
