@@ -65,7 +65,7 @@ class CompileResult:
         ``outdir`` may be new, empty, or an earlier output of this tool; anything else (the
         user's own file or directory) raises InputError unless ``force`` is given.
         """
-        from lepton_compile import report as report_mod
+        from lepton_compile.report_files import write_all
 
         out = Path(outdir)
         check_output_dir(out, force)
@@ -84,7 +84,7 @@ class CompileResult:
                 copy_model(self.best.artifact, best)
             else:
                 shutil.copy2(self.best.artifact, best)
-            report_mod.write_all(self.report, stage)
+            write_all(self.report, stage)
 
         return replace_dir(out, fill, force)
 

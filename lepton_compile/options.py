@@ -20,9 +20,10 @@ from lepton_compile.bench.race import RaceRules
 from lepton_compile.compress import DEFAULT_SEARCH_BUDGET_S
 from lepton_compile.errors import InputError
 from lepton_compile.search import OBJECTIVES
-from lepton_compile.tracking import DEFAULT_EXPERIMENT
 from lepton_compile.worker import DEFAULT_TIMEOUT_S
 
+# The MLflow experiment a run is logged to unless another is named.
+DEFAULT_EXPERIMENT = "lepton-compile"
 KERNEL_MODES = ("auto", "triton", "torch")
 EXECUTORS = ("local", "ray")
 # A variant this many times slower than the original in the screen is not measured further.

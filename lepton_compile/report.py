@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -332,22 +331,6 @@ def compression_markdown(report: dict[str, Any], top: int = 12) -> list[str]:
         if kept and len(kept) > top:
             lines.append(f"\nKept uncompressed: {', '.join(kept)}")
     return lines
-
-
-def to_html(report: dict[str, Any]) -> str:
-    """A self-contained page: verdict, Pareto plot, table, serving profile, per-layer
-    sensitivity, method and device (rendered by ``report_html``)."""
-    from lepton_compile import report_html  # it reads this module's table rows
-
-    return report_html.page(report)
-
-
-def write_all(report: dict[str, Any], outdir: Path) -> None:
-    from lepton_compile.outdir import write_text
-
-    write_text(outdir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    write_text(outdir / "report.md", to_markdown(report))
-    write_text(outdir / "report.html", to_html(report))
 
 
 def print_table(report: dict[str, Any], console: Any) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_compile import serving_report
+from lepton_compile.report import HEADERS, _device_line, compression_records, rows
 from lepton_compile.serving_report import PALETTE, _finite, _pm, _sig, _tick_label, _y_ticks
 
 FRONTIER = PALETTE[1]  # red: on the Pareto frontier (as in earlier reports)
@@ -650,7 +651,6 @@ def _if_kept(layer: dict[str, Any]) -> str:
 
 def compression_html(report: dict[str, Any]) -> str:
     """A section per accuracy-search record: what was compressed and kept, and the chart."""
-    from lepton_compile.report import compression_records
 
     recs = compression_records(report)
     if not recs:
@@ -747,7 +747,6 @@ def _estimated_note(report: dict[str, Any]) -> str:
 
 
 def _table(report: dict[str, Any]) -> str:
-    from lepton_compile.report import HEADERS, rows
 
     best = _d(report.get("best")).get("id")
     head = "".join(f"<th>{_e(h)}</th>" for h in HEADERS)
@@ -883,7 +882,6 @@ def _how(report: dict[str, Any]) -> str:
 
 
 def _device(report: dict[str, Any]) -> str:
-    from lepton_compile.report import _device_line
 
     dev = _d(report.get("device"))
     if not dev:

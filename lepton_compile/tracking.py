@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from lepton_compile.errors import InputError, LeptonError
+from lepton_compile.options import DEFAULT_EXPERIMENT
 from lepton_compile.passes.errors import one_line
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ __all__ = ["DEFAULT_EXPERIMENT", "TrackingError", "input_example", "log_compile"
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "lepton-compile"
 REPORT_FILES = ("report.json", "report.md", "report.html")
 MODEL_NAME = "model"
 # MLflow's limits (mlflow.utils.validation): key length, param and tag values, batch sizes.
@@ -184,14 +184,12 @@ def _report_files(
     source: CompileResult | str | Path,
 ) -> Iterator[tuple[dict[str, Any], list[Path], Path | None]]:
     """The report, its files to log, and best.onnx (None when absent)."""
-    from lepton_compile.engine import CompileResult
-
-    if isinstance(source, CompileResult):
-        from lepton_compile import report as report_mod
+    if not isinstance(source, (str, os.PathLike)):  # a CompileResult (not imported: it logs us)
+        from lepton_compile.report_files import write_all
 
         # Only the report files are written: best.onnx is read where the run left it.
         with tempfile.TemporaryDirectory(prefix="lepton-mlflow-") as tmp:
-            report_mod.write_all(source.report, Path(tmp))
+            write_all(source.report, Path(tmp))
             yield source.report, [Path(tmp) / f for f in REPORT_FILES], source.best.artifact
         return
     path = Path(source)

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from lepton_compile import report_html
-from lepton_compile.report import compression_records, to_html
+from lepton_compile.report import compression_records
+from lepton_compile.report_html import page as to_html
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(

@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from lepton_compile import serving_report
-from lepton_compile.report import SCHEMA, to_html, to_markdown
+from lepton_compile.report import SCHEMA, to_markdown
+from lepton_compile.report_html import page as to_html
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 EST = "estimated: cpu time x tdp"

@@ -37,8 +37,7 @@ from lepton_compile.cli.common import (
 from lepton_compile.cli.terminal import setup_logging, stage_progress, stdout_console
 from lepton_compile.compress import DEFAULT_SEARCH_BUDGET_S
 from lepton_compile.errors import InputError
-from lepton_compile.options import CompileOptions
-from lepton_compile.tracking import DEFAULT_EXPERIMENT
+from lepton_compile.options import DEFAULT_EXPERIMENT, CompileOptions
 
 DESCRIPTION = (
     "Build verified variants of an ONNX model (fused, FP16, INT8, ...), measure each one's "
