@@ -43,14 +43,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -58,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 log = logging.getLogger("bench.kernels")
 
 WARMUP_MS = 25
@@ -646,10 +642,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return groups
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = ("case", "ours ms", "torch ms", "ratio", "TFLOP/s", "rel err")
     print(f"{head[0]:58s} {head[1]:>9s} {head[2]:>9s} {head[3]:>6s} {head[4]:>8s} {head[5]:>8s}")
@@ -821,16 +813,9 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_errors": warm_errors,
         "wall_s": round(time.monotonic() - start, 1),
     }
-    if args.out:
-        out = Path(args.out)
-    elif args.smoke:  # a smoke run's numbers are not results: keep them out of bench/results
-        out = Path(tempfile.gettempdir()) / "kernels-smoke.json"
-    else:
-        out = RESULTS / f"kernels-{_slug(info['name'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(out)
+    from suite import save_device_results  # beside this script
+
+    out = save_device_results(result, "kernels", info["name"], args.out, args.smoke)
     print_table(rows)
     for k, g in summary.items():
         print(

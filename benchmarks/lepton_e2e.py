@@ -46,12 +46,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
-import json
 import logging
 import math
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -62,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
 log = logging.getLogger("bench.lepton_e2e")
 
 MODELS = ("resnet50", "detector", "bert")
@@ -440,10 +437,6 @@ def device_info(smoke: bool) -> dict[str, Any]:
     return info
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
-
-
 def print_summary(summary: dict[str, Any], micro: list[dict[str, Any]]) -> None:
     for key, variants in summary.items():
         print(f"{key}:")
@@ -571,16 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         "micro": micro_rows,
         "wall_s": round(time.monotonic() - start, 1),
     }
-    if args.out:
-        out = Path(args.out)
-    elif args.smoke:  # a smoke run's numbers are not results: keep them out of bench/results
-        out = Path(tempfile.gettempdir()) / "lepton-e2e-smoke.json"
-    else:
-        out = RESULTS / f"lepton-e2e-{_slug(info['name'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=1, default=str))
-    tmp_out.replace(out)
+    from suite import save_device_results  # beside this script
+
+    out = save_device_results(result, "lepton-e2e", info["name"], args.out, args.smoke)
     print_summary(summary, micro_rows)
     print(f"wrote {out} ({result['wall_s']} s)")
     ok = all(r["status"] in ("ok", "skipped") for r in rows + micro_rows)

@@ -12,8 +12,10 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,3 +104,26 @@ def cold_run(name: str, flags: Sequence[str], work: Path) -> ColdRun:
         raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
     report = json.loads((out / "report.json").read_text())
     return ColdRun(path, out, cmd, proc.returncode, wall, report)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
+def save_device_results(
+    result: dict[str, Any], stem: str, device_name: str, out: str | None, smoke: bool
+) -> Path:
+    """Write a device benchmark's ``result`` atomically: to ``out`` when given, to the temp
+    folder for a smoke run (its numbers are not results: they stay out of bench/results), else
+    to ``bench/results/<stem>-<device>.json``."""
+    if out:
+        path = Path(out)
+    elif smoke:
+        path = Path(tempfile.gettempdir()) / f"{stem}-smoke.json"
+    else:
+        path = RESULTS / f"{stem}-{_slug(device_name)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(path)
+    return path

@@ -46,7 +46,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lepton_compile.errors import InputError
-from lepton_compile.worker import DEFAULT_TIMEOUT_S, WorkerError, _Handler, _kind, _one_line
+from lepton_compile.worker import (
+    DEFAULT_TIMEOUT_S,
+    WorkerError,
+    _Handler,
+    _kind,
+    _one_line,
+    resident_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +149,7 @@ class _RayActor:
         return os.getpid()
 
     def rss(self) -> int:
-        try:
-            with open("/proc/self/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        return 0
+        return resident_bytes()
 
 
 def _check_paths(method: str, args: tuple) -> None:

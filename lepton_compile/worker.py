@@ -40,6 +40,18 @@ class WorkerError(Exception):
         self.kind = kind  # error | crash | timeout | oom | unsupported | skip | constraint | input
 
 
+def resident_bytes(pid: int | str = "self") -> int:
+    """Resident memory of process ``pid`` (this one by default); 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def default_memory_limit() -> int | None:
     """80% of physical memory: a runaway variant is stopped before the machine starts to swap."""
     try:
@@ -278,14 +290,7 @@ class VariantWorker:
         """Resident memory of the worker process (0 in-process or when it cannot be read)."""
         if self._proc is None or not self._proc.is_alive():
             return 0
-        try:
-            with open(f"/proc/{self._proc.pid}/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        return 0
+        return resident_bytes(self._proc.pid)
 
     def suspend(self) -> None:
         """End the worker process to free its memory; ``resume`` loads the model again."""
