@@ -31,7 +31,7 @@ import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -146,6 +146,29 @@ def metric_value(metric: Metric, outputs: list[dict], labels: list[dict], what: 
     return f
 
 
+class ProbeRunner(Protocol):
+    """Runs a search's independent probes (``width`` of them at once) somewhere else."""
+
+    width: int
+
+    def drops(self, ev: Evaluator, models: Sequence[onnx.ModelProto]) -> list[float]: ...
+
+
+# How this process runs independent probes: one after another (None), or as the executor it
+# works for installs (a Ray actor runs them as Ray tasks: ``executor_ray.RayProbes``).
+_probe_runner: ProbeRunner | None = None
+
+
+def set_probe_runner(runner: ProbeRunner | None) -> None:
+    global _probe_runner
+    _probe_runner = runner
+
+
+def probe_width() -> int:
+    """How many probes this process runs at once."""
+    return 1 if _probe_runner is None else max(1, _probe_runner.width)
+
+
 class Evaluator:
     """Drop of a candidate model against the original on fixed feeds (fidelity or metric)."""
 
@@ -190,6 +213,21 @@ class Evaluator:
         if fid.reason and "drop" not in fid.reason:
             return 1.0  # non-finite values, wrong shapes, a missing output
         return fid.drop
+
+    def drops(self, models: Sequence[onnx.ModelProto]) -> list[float]:
+        """``drop`` of each model: at once where this process has a probe runner."""
+        runner = _probe_runner
+        if runner is None or len(models) <= 1:
+            return [self.drop(m) for m in models]
+        t0 = time.perf_counter()
+        try:
+            result = runner.drops(self, models)
+        except Exception as e:  # a candidate too large to serialize, a lost task: go serial
+            log.info("probes ran one by one here: %s", e)
+            return [self.drop(m) for m in models]
+        self.evaluations += len(models)
+        self.seconds += time.perf_counter() - t0
+        return result
 
 
 # --------------------------------------------------------------------------- searches
@@ -397,7 +435,9 @@ class _Prober:
                 judged = m
                 judge(m)
 
-        for m, i in enumerate(self.order):
+        width = probe_width()
+        m = 0
+        while m < n:
             left = n - m
             if m >= self.cap:
                 self.stopped = f"probe cap {self.cap}"
@@ -407,10 +447,15 @@ class _Prober:
                 self.stopped = f"time budget {self.limit_s:.3g} s"
                 judge_once(m)
                 return f"time budget {self.limit_s:.3g} s: {left} {unprobed}"
+            # The first probe alone (its cost scales the budget); then as many at once as
+            # this process runs, never past the cap or the next checkpoint.
+            size = 1 if self.probe_s is None else min(width, self.cap - m, max(1, checkpoint - m))
+            batch = [self.recs[i] for i in self.order[m : m + size]]
             t = time.perf_counter()
-            r = self.recs[i]
-            r.drop_alone = ev.drop(make((r.name,)))
-            self.probed = m + 1
+            for r, d in zip(batch, ev.drops([make((r.name,)) for r in batch])):
+                r.drop_alone = d
+            m += len(batch)
+            self.probed = m
             if self.probe_s is None:
                 # The budget scales with the model: what one probe costs here, times the cap.
                 self.probe_s = time.perf_counter() - t

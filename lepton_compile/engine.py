@@ -48,6 +48,8 @@ class CompileResult:
     recommendation: Recommendation | None = None
     # With mlflow: the MLflow run this compile was logged as (None when it could not be).
     mlflow_run_id: str | None = None
+    # Where ``save`` last wrote this result (``export`` reads it from there).
+    saved_to: Path | None = None
 
     @property
     def pareto(self) -> list[VariantResult]:
@@ -58,6 +60,23 @@ class CompileResult:
         from lepton_compile import report_html
 
         return report_html.fragment(self.report)
+
+    def export(self, out: str | Path, **kwargs: Any) -> Any:
+        """Export a variant (default: the pick) into ``out``, as `lepton-compile export` does.
+
+        It reads what ``save`` wrote: the directory of the last ``save``, else a temporary
+        save. Keywords as ``lepton_compile.export.export``: variant, fmt, force,
+        build_runner, build_dir, inputs_dir, quick. Returns its ``ExportResult``.
+        """
+        from lepton_compile.export import export
+
+        if self.saved_to is not None:
+            return export(self.saved_to, out, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="lepton-export-") as tmp:
+            try:
+                return export(self.save(Path(tmp) / "compile"), out, **kwargs)
+            finally:
+                self.saved_to = None  # the temporary save is gone with ``tmp``
 
     def save(self, outdir: str | Path, force: bool = False) -> Path:
         """Write best.onnx, variants/, report.json/.md/.html into ``outdir``, atomically.
@@ -86,7 +105,9 @@ class CompileResult:
                 shutil.copy2(self.best.artifact, best)
             write_all(self.report, stage)
 
-        return replace_dir(out, fill, force)
+        replace_dir(out, fill, force)
+        self.saved_to = out
+        return out
 
 
 def compile(
@@ -128,7 +149,7 @@ def compile(
     opts = options if options is not None else CompileOptions(**kwargs)
     opts.validate()
     connect(opts)  # a cluster that cannot be reached is bad input, said before any work
-    tmp = tempfile.TemporaryDirectory(prefix="lepton-")
+    tmp = tempfile.TemporaryDirectory(prefix="lepton-", dir=opts.work_dir)
     ctx = stages.prepare(model, opts, observer or Observer(), Path(tmp.name))
     variants = stages.plan_variants(ctx)
     active = [v for v in variants if v.status == Status.PENDING]

@@ -10,10 +10,12 @@ inferences over the fleet. A model that fails is a row with its reason; the othe
 re-run resumes: a model whose output already holds the report of the same model bytes under
 the same options is not compiled again.
 
-Models run one after another: every compile measures on one machine, and two measurements
-at once would each slow the other down and their figures would not compare. Where each
-compile's variants run is the compile's own option (``CompileOptions.executor``), passed
-through to every model.
+Locally, models run one after another: every compile measures on this machine, and two
+measurements at once would each slow the other down and their figures would not compare.
+On Ray (``executor="ray"``), ``jobs`` models may run at once: their builds and probes spread
+over the cluster, while each model's measurement takes the whole measuring node
+(``executor_ray``), so measurements still never overlap. Where each compile's variants run
+is the compile's own option (``CompileOptions.executor``), passed through to every model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,9 @@ SUMMARY_FILES = ("fleet.json", "fleet.md", "fleet.html")
 STATUSES = ("ok", "no gain", "failed")
 # Options that change where results are kept or logged, not the results: a re-run that
 # differs only in these resumes.
-_NOT_RESULT_OPTIONS = frozenset({"cache", "cache_path", "mlflow", "mlflow_experiment"})
+_NOT_RESULT_OPTIONS = frozenset(
+    {"cache", "cache_path", "mlflow", "mlflow_experiment", "ray_address", "work_dir"}
+)
 # A line comment in a list file: `#` at the start, or after a blank.
 _COMMENT = re.compile(r"(^|\s)#.*$")
 
@@ -441,6 +446,7 @@ def run_fleet(
     force: bool = False,
     resume: bool = True,
     observer: FleetObserver | None = None,
+    jobs: int = 1,
     **kwargs: Any,
 ) -> FleetResult:
     """Compile and save every model of ``source`` into ``outdir/<stem>/``; write the summary.
@@ -451,10 +457,18 @@ def run_fleet(
     ``force``, a bad option) raises InputError before anything is written; a model that
     fails is a failed row. With ``resume``, a model whose output holds the report of the same
     model bytes and options is not compiled again. The summary is rewritten after each model,
-    so that an interrupted fleet resumes from where it stopped.
+    so that an interrupted fleet resumes from where it stopped. ``jobs``: models compiled at
+    once, with the Ray executor only (see the module docstring).
     """
     opts = options if options is not None else CompileOptions(**kwargs)
     opts.validate()
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise InputError("--jobs must be a whole number of 1 or more")
+    if jobs > 1 and opts.executor != "ray":
+        raise InputError(
+            "--jobs above 1 needs --executor ray: on this machine two models measured at once "
+            "would slow each other down"
+        )
     models = _entries(source)
     out = Path(outdir)
     check_fleet_dir(out, force, models)
@@ -473,7 +487,9 @@ def run_fleet(
     done: list[dict[str, Any]] = []
     summary = _summary(source, models, done, held, record, opts_sha, t0)
     write_all(summary, out)
-    for i, (entry, name) in enumerate(zip(models, names, strict=True), start=1):
+    order = {name: i for i, name in enumerate(names)}
+
+    def one(i: int, entry: ModelEntry, name: str) -> dict[str, Any]:
         hooks = obs.started(i, len(models), name)
         t = time.perf_counter()
         report = _resumable(held.get(name), entry, out / name, opts_sha) if resume else None
@@ -481,17 +497,34 @@ def run_fleet(
             row = row_from_report(report, entry, name, resumed=True)
         else:
             row = _compile_one(entry, name, out, opts, force, hooks)
-            if row["status"] != "failed":
-                held[name] = {
-                    "model": entry.shown,
-                    "sha256": row["sha256"],
-                    "options_sha256": opts_sha,
-                }
         row.update(options_sha256=opts_sha, seconds=round(time.perf_counter() - t, 2))
+        return row
+
+    def finished(i: int, entry: ModelEntry, row: dict[str, Any]) -> None:
+        nonlocal summary
+        if not row.get("resumed") and row["status"] != "failed":
+            held[row["name"]] = {
+                "model": entry.shown,
+                "sha256": row["sha256"],
+                "options_sha256": opts_sha,
+                "input_shapes": _shapes(entry),
+            }
         done.append(row)
+        done.sort(key=lambda r: order[r["name"]])  # models in their order, however they end
         summary = _summary(source, models, done, held, record, opts_sha, t0)
         write_all(summary, out)
         obs.finished(i, len(models), row)
+
+    work = list(enumerate(zip(models, names, strict=True), start=1))
+    if jobs == 1:
+        for i, (entry, name) in work:
+            finished(i, entry, one(i, entry, name))
+    else:
+        # Threads only wait: each model's work runs on the cluster.
+        with ThreadPoolExecutor(min(jobs, len(work))) as pool:
+            futures = {pool.submit(one, i, e, n): (i, e) for i, (e, n) in work}
+            for f in as_completed(futures):
+                finished(*futures[f], f.result())
     return FleetResult(summary, out)
 
 
@@ -510,8 +543,11 @@ def _resumable(
     earlier: dict[str, Any] | None, entry: ModelEntry, folder: Path, opts_sha: str
 ) -> dict[str, Any] | None:
     """The earlier report in ``folder`` when it is of these model bytes and options
-    (``earlier``: what fleet.json says the folder holds)."""
+    (``earlier``: what fleet.json says the folder holds), and of the list line's own input
+    shapes."""
     if earlier is None or earlier.get("options_sha256") != opts_sha:
+        return None
+    if earlier.get("input_shapes", []) != _shapes(entry):
         return None
     report = _read_json(folder / "report.json", REPORT_SCHEMA)
     if report is None or not (folder / "best.onnx").is_file():
@@ -523,6 +559,11 @@ def _resumable(
     except OSError:
         return None  # the compile says what is wrong with the file
     return report if _d(report.get("model")).get("sha256") == sha == earlier.get("sha256") else None
+
+
+def _shapes(entry: ModelEntry) -> list[list[Any]]:
+    """A list line's input shapes, as fleet.json keeps them."""
+    return [[k, list(v)] for k, v in entry.input_shapes]
 
 
 def _compile_one(

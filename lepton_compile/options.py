@@ -78,6 +78,9 @@ class CompileOptions:
     executor: str = "local"
     ray_address: str | None = None
     target_resource: str | None = None
+    # Where the run's work directory goes (None: the system's temporary directory). With Ray,
+    # a directory every node mounts at the same path carries the artifacts between nodes.
+    work_dir: str | Path | None = None
 
     def validate(self) -> None:
         """Raise InputError on a value no run could use."""
@@ -118,6 +121,8 @@ class CompileOptions:
                 raise InputError(f"{flag} must be a non-empty string")
             if value is not None and self.executor != "ray":
                 raise InputError(f"{flag} needs --executor ray")
+        if self.work_dir is not None and not Path(self.work_dir).is_dir():
+            raise InputError(f"--work-dir {self.work_dir}: not a directory")
         if self.executor == "ray" and not self.isolate:
             raise InputError("--no-isolate runs variants in this process: not with --executor ray")
 

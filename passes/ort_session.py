@@ -23,6 +23,17 @@ ERRORS_ONLY = 3
 FATAL_ONLY = 4
 
 
+# Threads each session of this process may use (None: onnxruntime's default, every core). A
+# process that is one of several sharing a machine's cores (a Ray task given one CPU) caps it.
+_threads: int | None = None
+
+
+def limit_threads(n: int | None) -> None:
+    """Sessions made after this use at most ``n`` intra-op threads (None: no cap)."""
+    global _threads
+    _threads = n
+
+
 def session_options(optimization: str = "disable", log_level: int = ERRORS_ONLY) -> Any:
     """onnxruntime SessionOptions at an optimization level (OPTIMIZATION_LEVELS)."""
     import onnxruntime as ort
@@ -40,6 +51,8 @@ def session_options(optimization: str = "disable", log_level: int = ERRORS_ONLY)
     options = ort.SessionOptions()
     options.graph_optimization_level = levels[optimization]
     options.log_severity_level = log_level
+    if _threads is not None:
+        options.intra_op_num_threads = _threads
     return options
 
 

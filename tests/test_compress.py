@@ -352,3 +352,55 @@ def test_quantize_steps_skip_a_model_that_is_quantized_already(tmp_path: Path, m
             steps.apply(step, q, q, [], {}, None)
     # Pruning is not quantization: a float model's weights are still fair game.
     assert steps.quantized_ops(loaded.model) == {}
+
+
+class _Batches:
+    """A probe runner that runs the probes here, a batch at a time."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def drops(self, ev, models):
+        return [ev.drop(m) for m in models]
+
+
+class _NotedEvaluator(AdditiveEvaluator):
+    """Notes how many single-layer probes each call asked for at once."""
+
+    def __init__(self, damage: dict[str, float]):
+        super().__init__(damage)
+        self.sizes: list[int] = []
+
+    def drops(self, models):
+        self.sizes.append(len(models))
+        return super().drops(models)
+
+
+def test_probes_run_in_batches_that_stop_at_each_checkpoint():
+    """With a probe runner (a Ray actor's), single-layer probes go a batch at a time, never
+    across a checkpoint, and the search decides exactly as it does probing one by one."""
+    rng = np.random.default_rng(3)
+    names = [f"l{i}" for i in range(21)]
+    damage = {n: float(d) for n, d in zip(names, rng.uniform(0, 0.004, len(names)))}
+    damage["l7"] = 0.05
+    ctx = compress.AccuracyContext(max_drop=0.02, margin=1.0, budget_s=1e6)
+    layers = [(n, "Conv") for n in names]
+    serial = compress.search_keep("q", layers, keep_maker(names), AdditiveEvaluator(damage), ctx)  # type: ignore[arg-type]
+    runner = _Batches(width=3)
+    compress.set_probe_runner(runner)
+    try:
+        assert compress.probe_width() == 3
+        noted = _NotedEvaluator(damage)
+        batched = compress.search_keep("q", layers, keep_maker(names), noted, ctx)  # type: ignore[arg-type]
+    finally:
+        compress.set_probe_runner(None)
+    assert batched.model == serial.model
+    assert batched.record["layers_kept"] == serial.record["layers_kept"]
+    assert "l7" in serial.record["layers_kept"]
+    assert [x["sensitivity"] for x in batched.record["layers"]] == [
+        x["sensitivity"] for x in serial.record["layers"]
+    ]
+    # The first probe alone; then at most 3 at once, ending on the checkpoints 8 and 16.
+    assert noted.sizes[0] == 1 and max(noted.sizes) == 3
+    ends = list(np.cumsum(noted.sizes))
+    assert 8 in ends and 16 in ends and ends[-1] == len(names)

@@ -374,7 +374,29 @@ def test_list_lines_fix_each_models_own_input_shapes(tmp_path: Path):
     assert rows["free"]["status"] == "failed" and "--input-shape x=" in rows["free"]["reason"]
     report = json.loads((out / "wide" / "report.json").read_text())
     assert report["model"]["inputs"][0]["shape"] == [1, 8]
+    # A line's new shape is a new compile, not a resumed one; the same shape resumes.
+    listing.write_text("wide.onnx --input-shape x=1x4\n")
+    _run(str(listing), "-o", str(out), *FAST)
+    rows = {r["name"]: r for r in json.loads((out / "fleet.json").read_text())["models"]}
+    assert rows["wide"]["resumed"] is False
+    report = json.loads((out / "wide" / "report.json").read_text())
+    assert report["model"]["inputs"][0]["shape"] == [1, 4]
+    _run(str(listing), "-o", str(out), *FAST)
+    rows = {r["name"]: r for r in json.loads((out / "fleet.json").read_text())["models"]}
+    assert rows["wide"]["resumed"] is True
     listing.write_text("wide.onnx --batch 4\n")
     code, _, err = _run(str(listing), "-o", str(tmp_path / "out2"), *FAST)
     assert code == 2 and "only --input-shape NAME=DIMS may follow" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_jobs_above_one_need_the_ray_executor(tmp_path: Path):
+    from lepton_compile.errors import InputError
+    from lepton_compile.fleet import run_fleet
+
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(InputError, match="--jobs above 1 needs --executor ray"):
+        run_fleet(tmp_path, tmp_path / "out", jobs=2)
+    with pytest.raises(InputError, match="--jobs must be"):
+        run_fleet(tmp_path, tmp_path / "out", jobs=0)
+    assert not (tmp_path / "out").exists()

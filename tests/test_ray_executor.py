@@ -7,6 +7,7 @@ filesystem, as a multi-node cluster on one machine does.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import lepton_compile
@@ -194,12 +196,214 @@ def test_the_cluster_flags_reach_the_options():
 
     argv = ["m.onnx", "--executor", "ray", "--ray-address", "10.0.0.1:6379"]
     opts = cmd_compile.build_options(
-        build_parser().parse_args(route([*argv, "--target-resource", "bench"]))
+        build_parser().parse_args(
+            route([*argv, "--target-resource", "bench", "--work-dir", "/shared/lepton"])
+        )
     )
-    assert (opts.executor, opts.ray_address, opts.target_resource) == (
+    assert (opts.executor, opts.ray_address, opts.target_resource, opts.work_dir) == (
         "ray",
         "10.0.0.1:6379",
         "bench",
+        "/shared/lepton",
     )
     defaults = cmd_compile.build_options(build_parser().parse_args(route(["m.onnx"])))
     assert defaults.executor == "local" and defaults.ray_address is None
+
+
+@pytest.mark.slow
+def test_one_measuring_actor_per_model_on_the_pinned_node(mlp_path: Path, cluster: dict):
+    """Every variant is timed in the run's one measuring actor (each in a process of its own
+    inside it), on the node with the resource; a crash of that actor replays every load."""
+    import numpy as np
+
+    from lepton_compile.bench.protocol import Protocol
+    from lepton_compile.executor_ray import RayExecutor
+
+    feed = {"x": np.ones((1, 32), np.float32)}
+    with RayExecutor(timeout_s=120, target_resource="bench") as ex:
+        workers = [ex.worker(k) for k in ("a", "b")]
+        for w in workers:
+            w.call("load", str(mlp_path), "ort", "cpu", {})
+            w.call("set_measurement", feed, "estimate", "cpu", None)
+        assert len({w.pid() for w in workers}) == 1
+        assert all(w.rss_bytes() > 0 for w in workers)  # each variant's own process
+        os.kill(workers[0].pid(), 9)
+        for w in workers:
+            w.call("warmup", Protocol.quick())
+        assert {w.node_id() for w in workers} == {cluster["bench"]}
+
+
+@pytest.mark.slow
+def test_artifacts_through_the_object_store(tinycnn_path: Path, cluster: dict, tmp_path: Path):
+    """Nodes that do not see the driver's files get the model from the object store and send
+    the built variant back the same way; it is the variant a local build gives."""
+    import numpy as np
+
+    from lepton_compile.executor_ray import RayExecutor
+    from lepton_compile.worker import VariantWorker
+
+    import onnx
+
+    from lepton_compile.recipes import RECIPES
+
+    fused = RECIPES["fused"]
+
+    first = onnx.load(tinycnn_path).graph.input[0]
+    shape = [d.dim_value or 1 for d in first.type.tensor_type.shape.dim]
+    feed = {first.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    outs = {}
+    for name, make in (
+        ("store", lambda: RayExecutor(timeout_s=120, artifacts="store")),
+        ("local", lambda: None),
+    ):
+        art = tmp_path / name / "variants" / "fused.onnx"
+        art.parent.mkdir(parents=True)
+        ex = make()
+        w = ex.worker("fused") if ex is not None else VariantWorker("fused")
+        try:
+            w.call("build", fused, str(tinycnn_path), [], str(art), None)
+            assert art.is_file()
+            w.call("load", str(art), "ort", "cpu", {})
+            outs[name] = w.call("run", [feed])[0]
+        finally:
+            (ex or w).close()
+    for k in outs["local"]:
+        np.testing.assert_array_equal(outs["store"][k], outs["local"][k])
+
+
+def test_a_model_too_big_for_the_object_store_names_work_dir(tmp_path: Path, monkeypatch):
+    pytest.importorskip("ray", reason="the Ray executor needs ray (the ray extra)")
+    from lepton_compile import executor_ray
+    from lepton_compile.worker import WorkerError
+
+    big = tmp_path / "big.onnx"
+    big.write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(executor_ray, "OBJECT_STORE_MAX_BYTES", 1024)
+    ex = executor_ray.RayExecutor.__new__(executor_ray.RayExecutor)
+    with pytest.raises(WorkerError, match="--work-dir"):
+        ex.blob(str(big))
+
+
+@pytest.mark.slow
+def test_sensitivity_probes_as_ray_tasks_match_serial_ones(mlp_path: Path, cluster: dict):
+    import onnx
+
+    from lepton_compile import compress
+    from lepton_compile.executor_ray import RayProbes
+
+    model = onnx.load(mlp_path)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(4)]
+    ev = compress.Evaluator(model, feeds, compress.AccuracyContext(max_drop=0.01))
+    candidates = []
+    for scale in (1.0, 1.01, 1.1, 2.0):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        for init in m.graph.initializer:
+            a = onnx.numpy_helper.to_array(init) * scale
+            init.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), init.name))
+        candidates.append(m)
+    serial = ev.drops(candidates)
+    compress.set_probe_runner(RayProbes(width=2))
+    try:
+        parallel = ev.drops(candidates)
+    finally:
+        compress.set_probe_runner(None)
+    assert parallel == pytest.approx(serial, abs=1e-9)
+    assert serial[0] == 0.0 and serial[-1] > serial[1]
+    assert ev.evaluations == 2 * len(candidates)
+
+
+@pytest.mark.slow
+def test_the_result_cache_takes_many_ray_tasks_writing_at_once(cluster: dict, tmp_path: Path):
+    import ray
+
+    from lepton_compile.bench.cache import ResultCache
+
+    path = tmp_path / "results.sqlite"
+
+    @ray.remote(num_cpus=0)
+    def write(task: int) -> int:
+        cache = ResultCache(path)
+        return sum(bool(cache.put(f"k{task}-{i}", {"task": task, "i": i})) for i in range(40))
+
+    assert ray.get([write.remote(t) for t in range(6)]) == [40] * 6
+    cache = ResultCache(path)
+    assert all(cache.get(f"k{t}-{i}") == {"task": t, "i": i} for t in range(6) for i in range(40))
+
+
+def test_work_dir_is_checked_and_holds_the_run(tmp_path: Path, tinycnn_path: Path):
+    with pytest.raises(InputError, match="--work-dir"):
+        CompileOptions(work_dir=tmp_path / "absent").validate()
+    res = lepton_compile.compile(
+        tinycnn_path, work_dir=tmp_path, **{**QUICK, "recipes": ["original"]}
+    )
+    assert Path(res.workdir).parent == tmp_path
+
+
+@pytest.mark.slow
+def test_a_fleet_on_ray_with_a_broken_model_then_resumed(
+    tinycnn_path: Path, mlp_path: Path, cluster: dict, tmp_path: Path
+):
+    from lepton_compile.fleet import run_fleet
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "cnn.onnx").write_bytes(tinycnn_path.read_bytes())
+    (models / "mlp.onnx").write_bytes(mlp_path.read_bytes())
+    (models / "broken.onnx").write_bytes(b"not a model")
+    out = tmp_path / "out"
+    # Two models at once: their builds share the cluster, their measurements take turns.
+    first = run_fleet(models, out, executor="ray", jobs=2, **QUICK)
+    assert [r["name"] for r in first.rows] == ["broken", "cnn", "mlp"]
+    rows = {r["name"]: r for r in first.rows}
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["reason"]
+    assert rows["cnn"]["status"] != "failed" and rows["mlp"]["status"] != "failed"
+    ran = json.loads((out / "cnn" / "report.json").read_text())["measurement"]["isolation"]
+    assert ran["executor"]["kind"] == "ray"
+    again = run_fleet(models, out, executor="ray", **QUICK)
+    resumed = {r["name"]: r["resumed"] for r in again.rows}
+    assert resumed == {"broken": False, "cnn": True, "mlp": True}
+
+
+@pytest.mark.slow
+def test_a_metric_from_the_users_file_reaches_the_actors(
+    mlp_path: Path, cluster: dict, tmp_path: Path
+):
+    """--metric path/to/file.py:fn: the accuracy search in an actor judges by it, though the
+    cluster's workers cannot import that file by name."""
+    from lepton_compile.cli.cmd_compile import load_metric
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "ray_user_metric.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+
+            def top1(outputs, labels):
+                return float(np.mean([
+                    int(o["y"].argmax(-1)[0] == lab["label"][0])
+                    for o, lab in zip(outputs, labels)
+                ]))
+            """
+        )
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        x = rng.standard_normal((1, 32)).astype(np.float32)
+        np.savez(data / f"{i:03d}.npz", x=x, label=np.array([i % 8], dtype=np.int64))
+    metric = load_metric(f"{mine / 'ray_user_metric.py'}:top1")
+    res = lepton_compile.compile(
+        mlp_path,
+        executor="ray",
+        inputs_dir=data,
+        metric=metric,
+        **{**QUICK, "recipes": ["int8-mixed"], "eval_samples": 4},
+    )
+    v = next(v for v in res.variants if v.recipe.name == "int8-mixed")
+    assert v.status != "failed", v.reason
+    search = next(s for s in v.build["steps"] if "criterion" in s)
+    assert search["criterion"].startswith("user metric")

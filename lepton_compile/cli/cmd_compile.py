@@ -283,18 +283,26 @@ def _add_cluster_flags(g: ArgGroup) -> None:
         "--executor",
         choices=["local", "ray"],
         default="local",
-        help="local: a worker process per variant on this machine; ray: a Ray actor per "
-        "variant on a Ray cluster (builds and verification wherever it has room, measurement "
-        "on one node with --target-resource). Needs pip install 'lepton-compile[ray]' "
-        "(default: local)",
+        help="local: a worker process per variant on this machine, one at a time; ray: on a "
+        "Ray cluster, builds, verification runs and sensitivity probes as Ray tasks and actors "
+        "(as many at once as it has CPUs), and measurement in one actor pinned to a node with "
+        "--target-resource. Needs pip install 'lepton-compile[ray]' (default: local)",
     )
     g.add_argument(
         "--ray-address",
         default=None,
         metavar="ADDR",
         help="the Ray cluster to join, HOST:PORT or ray://HOST:PORT (default: the one "
-        "`ray start` left running for this machine). A cluster of several machines needs the "
-        "work directory (TMPDIR) on a filesystem they all share",
+        "`ray start` left running for this machine)",
+    )
+    g.add_argument(
+        "--work-dir",
+        default=None,
+        metavar="DIR",
+        help="where the run's temporary files go (default: the system's temporary directory). "
+        "With --executor ray, a directory every node mounts at the same path: artifacts then "
+        "move between nodes as files; without it, models up to 512 MiB travel through Ray's "
+        "object store, bigger ones need it",
     )
     g.add_argument(
         "--target-resource",
@@ -398,6 +406,7 @@ def build_options(args: argparse.Namespace) -> CompileOptions:
         executor=args.executor,
         ray_address=args.ray_address,
         target_resource=args.target_resource,
+        work_dir=args.work_dir,
         **measurement_options(args),
     )
 

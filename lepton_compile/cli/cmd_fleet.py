@@ -83,6 +83,14 @@ def add_parser(commands: Subcommands) -> None:
         help="compile every model again (default: a model whose output in OUTDIR holds the "
         "report of the same model bytes under the same options is reused as it is)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="models compiled at once, with --executor ray only: their builds spread over the "
+        "cluster while measurements still take turns on the measuring node (default: 1)",
+    )
     add_run_groups(p)
     p.set_defaults(run=run)
 
@@ -135,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
     fleet.check_fleet_dir(args.output, args.force, models)
     if args.metric:
         options.metric = load_metric(args.metric)
-    run_args: dict[str, Any] = {"force": args.force, "resume": not args.no_resume}
+    run_args: dict[str, Any] = {
+        "force": args.force,
+        "resume": not args.no_resume,
+        "jobs": args.jobs,
+    }
     if args.json or args.quiet:
         result = fleet.run_fleet(args.source, args.output, options, **run_args)
     else:

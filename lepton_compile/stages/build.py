@@ -13,7 +13,7 @@ import numpy as np
 
 from lepton_compile import compress, modelio
 from lepton_compile.errors import InputError
-from lepton_compile.executor import Executor
+from lepton_compile.executor import Executor, each
 from lepton_compile.recipes import Recipe
 from lepton_compile.stages.context import RunContext
 from lepton_compile.variant import Status, VariantResult
@@ -86,17 +86,22 @@ def build(
     cached: Mapping[str, dict[str, Any] | None],
 ) -> None:
     """Build each recipe once (in the worker of its first variant), reusing cached artifacts,
-    and give every variant its recipe's artifact, or its status and reason."""
+    and give every variant its recipe's artifact, or its status and reason. Recipes build
+    independently: as many at once as the executor runs (one on this machine's workers)."""
     static_path = ctx.work / "static.onnx"
     if any(r.name != "original" for r in ctx.recipes):
         modelio.save_model(ctx.loaded.model, static_path)
+    # Made before any build, so that a worker on another node can tell whether it sees it.
+    (ctx.work / "variants").mkdir(parents=True, exist_ok=True)
     ctx.observer.stage("building variants", total=len(ctx.recipes))
-    built: dict[str, _Built] = {}
-    for r in ctx.recipes:
+
+    def build_recipe(r: Recipe) -> _Built:
         mine = [v for v in variants if v.recipe is r]
         hit = next((cached[v.id] for v in mine if cached.get(v.id)), None)
-        built[r.name] = _build_one(ctx, executor, r, mine[0].id, static_path, hit)
-        ctx.observer.advance(r.name)
+        return _build_one(ctx, executor, r, mine[0].id, static_path, hit)
+
+    results = each(executor, ctx.recipes, build_recipe, lambda r, _: ctx.observer.advance(r.name))
+    built = {r.name: b for r, b in zip(ctx.recipes, results)}
     for v in variants:
         b = built[v.recipe.name]
         v.build = b.info

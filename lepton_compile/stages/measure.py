@@ -95,6 +95,7 @@ def race_group(
     meter = ctx.meters[group[0].device]
     runners: dict[str, WorkerRunner] = {}
     failed: dict[str, str] = {}
+    executor.prepare_measurement([v.id for v in group])
     for v in group:
         w = executor.worker(v.id)
         try:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from lepton_compile import accuracy, compress
 from lepton_compile.errors import InputError
-from lepton_compile.executor import Executor
+from lepton_compile.executor import Executor, each
 from lepton_compile.stages.build import Reference
 from lepton_compile.stages.context import RunContext
 from lepton_compile.variant import Status, VariantResult
@@ -23,15 +23,18 @@ def verify(
     baseline = variants[0]
     opts, obs = ctx.options, ctx.observer
     obs.stage("verifying", total=len(variants))
-    for v in variants:
+
+    def check(v: VariantResult) -> tuple[Status, str] | None:
         if v.status != Status.PENDING:
-            obs.advance(v.id)
-            continue
+            return None
         if ctx.over_budget() and v is not baseline:
-            v.fail(Status.SKIPPED, f"not verified: the --budget-s of {opts.budget_s:g} s was spent")
-            obs.advance(v.id)
-            continue
-        why = _judge(ctx, executor, v, ref)
+            return (Status.SKIPPED, f"not verified: the --budget-s of {opts.budget_s:g} s was spent")
+        return _judge(ctx, executor, v, ref)
+
+    def conclude(v: VariantResult, why: tuple[Status, str] | None) -> None:
+        obs.advance(v.id)
+        if v.status != Status.PENDING:
+            return
         if why is None:
             v.status = Status.OK
         elif v is baseline:
@@ -40,7 +43,10 @@ def verify(
             )
         else:
             v.fail(*why)
-        obs.advance(v.id)
+
+    # The baseline first: when it fails, the input is at fault and nothing else need run.
+    conclude(baseline, check(baseline))
+    each(executor, list(variants[1:]), check, conclude)
 
 
 def _judge(
