@@ -19,8 +19,17 @@ from typing import Any, TypedDict
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from lepton_compile.contract import ACTIVATION_CODES, ACTIVATIONS, resolve_activation
+
+try:
+    from torch.library import wrap_triton
+except ImportError:  # torch < 2.6: nothing traces into the kernels; launch them directly
+
+    def wrap_triton(triton_kernel: Any, /) -> Any:
+        return triton_kernel
+
 
 # ---------------------------------------------------------------------------------------
 # Activations: the contract's (lepton_compile.contract). An activation's `code` is the
@@ -525,13 +534,25 @@ def _run_config(
     # What Autotuner.run and Heuristics.run do for a known config: config kwargs over the
     # arguments, the config's pre-hook, heuristics over both, then the jit function with the
     # grid of that.
+    # The launch goes through wrap_triton: inside a torch.library.triton_op that Inductor
+    # traces (torch.compile, AOTInductor) it records the kernel into the graph; run eagerly
+    # (or in the interpreter) it is the kernel itself.
     meta = {**args, **cfg_kwargs}
     if getattr(cfg, "pre_hook", None) is not None:
         cfg.pre_hook(meta)
     if heuristics:
         for name, fn in heuristics.items():
             meta[name] = fn(meta)
-    kernel.run(grid=grid(meta), warmup=False, **meta)
+    wrap_triton(kernel)[grid(meta)](**meta)
+
+
+def _traced(args: dict[str, Any]) -> bool:
+    """True when the tensors are a trace's (fake or functional), not real memory: Inductor
+    tracing into an op. Nothing can be timed then; the launch takes a known config."""
+    for value in args.values():
+        if isinstance(value, torch.Tensor):
+            return type(value) is not torch.Tensor and is_fake(value)
+    return False
 
 
 def launch(
@@ -556,7 +577,10 @@ def launch(
     """
     family = tuner_id[0]
     count_launch(family)
-    if len(configs) == 1 or not _can_autotune():
+    traced = _traced(args)
+    if len(configs) == 1 or not _can_autotune() or traced:
+        if traced and len(configs) > 1:  # the pick of an eager run of these shapes, if any
+            configs = [_traced_pick(tuner_id, args, key) or configs[0]]
         cfg = configs[0]
         _run_config(kernel, grid, args, cfg, launch_kwargs(cfg), heuristics)
         _LAST_CONFIG[family] = cfg
@@ -582,6 +606,16 @@ def launch(
         _BEST[tune_key] = (picked, launch_kwargs(picked))
     _LAST_CONFIG[family] = picked
     return picked
+
+
+def _traced_pick(tuner_id: tuple, args: dict[str, Any], key: Sequence[str]) -> Any:
+    """The autotuner's pick for these shapes from an earlier eager launch (None if none)."""
+    tensors = _TENSOR_ARGS.get(tuner_id)
+    if tensors is None:
+        return None
+    tune_key = (tuner_id, *[args[name] for name in key], *[args[name].dtype for name in tensors])
+    best = _BEST.get(tune_key)
+    return best[0] if best is not None else None
 
 
 def dot_upcast(dtype: torch.dtype) -> bool:
@@ -842,7 +876,7 @@ def run_splitk_epilogue(
         args["bias_ptr"] = ws
     if res2d is None:
         args["res_ptr"] = ws
-    splitk_epilogue_kernel[grid](
+    wrap_triton(splitk_epilogue_kernel)[grid](
         ws, M=m, N=n, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **args
     )
 

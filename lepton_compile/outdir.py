@@ -21,27 +21,33 @@ import onnx
 from lepton_compile.errors import InputError
 
 REPORT_SCHEMA = "lepton-compile/report/v1"
+EXPORT_SCHEMA = "lepton-compile/export/v1"
 
-# What a run writes into its output directory (and nothing else may be there to replace it).
-_OUR_FILES = frozenset({"best.onnx", "report.json", "report.md", "report.html", "variants"})
+# What a run writes into its output directory (and nothing else may be there to replace it);
+# `export` is where `lepton-compile export` puts a compile's deployable files by default.
+_OUR_FILES = frozenset(
+    {"best.onnx", "report.json", "report.md", "report.html", "variants", "export"}
+)
+# What `lepton-compile export` writes into its output directory; export.json marks it ours.
+_EXPORT_FILES = frozenset({"export.json", "model.pt2", "model.onnx", "inputs", "bin"})
 
 # metadata_props key that marks a model file written by `lepton-compile optimize`.
 OPTIMIZED_MARK = "lepton_compile.optimized_from"
 
 
-def _is_our_report(path: Path) -> bool:
+def _is_our_report(path: Path, schema: str = REPORT_SCHEMA) -> bool:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f).get("schema") == REPORT_SCHEMA
+            return json.load(f).get("schema") == schema
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def _foreign_entries(directory: Path) -> list[str]:
+def _foreign_entries(directory: Path, ours: frozenset[str] = _OUR_FILES) -> list[str]:
     return sorted(
         p.name
         for p in directory.iterdir()
-        if p.name not in _OUR_FILES and not p.name.endswith(".onnx.data")
+        if p.name not in ours and not p.name.endswith(".onnx.data")
     )
 
 
@@ -53,7 +59,20 @@ def check_output_dir(path: Path, force: bool = False) -> None:
         raise InputError(f"{path}: cannot be used as the output: {e.strerror or e}") from None
 
 
-def _check_output_dir(path: Path, force: bool) -> None:
+def check_export_dir(path: Path, force: bool = False) -> None:
+    """``check_output_dir`` for the output of `lepton-compile export` (marked by export.json)."""
+    try:
+        _check_output_dir(path, force, ("export.json", EXPORT_SCHEMA), _EXPORT_FILES)
+    except OSError as e:
+        raise InputError(f"{path}: cannot be used as the output: {e.strerror or e}") from None
+
+
+def _check_output_dir(
+    path: Path,
+    force: bool,
+    mark: tuple[str, str] = ("report.json", REPORT_SCHEMA),
+    ours: frozenset[str] = _OUR_FILES,
+) -> None:
     if force or not (path.exists() or path.is_symlink()):
         return
     if not path.is_dir() or path.is_symlink():
@@ -64,12 +83,12 @@ def _check_output_dir(path: Path, force: bool) -> None:
     entries = list(path.iterdir())
     if not entries:
         return  # an empty directory holds nothing to lose
-    if not _is_our_report(path / "report.json"):
+    if not _is_our_report(path / mark[0], mark[1]):
         raise InputError(
-            f"{path}: is a directory that lepton-compile did not write (no report.json of "
+            f"{path}: is a directory that lepton-compile did not write (no {mark[0]} of "
             "ours); choose another -o path or add --force to replace it"
         )
-    foreign = _foreign_entries(path)
+    foreign = _foreign_entries(path, ours)
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise InputError(
@@ -78,11 +97,17 @@ def _check_output_dir(path: Path, force: bool) -> None:
         )
 
 
-def replace_dir(out: Path, fill: Callable[[Path], None], force: bool = False) -> Path:
+def replace_dir(
+    out: Path,
+    fill: Callable[[Path], None],
+    force: bool = False,
+    check: Callable[[Path, bool], None] = check_output_dir,
+) -> Path:
     """Fill a fresh directory with ``fill(stage)``, then put it at ``out`` in one rename.
 
-    ``out`` is checked again right before (``check_output_dir``); on any error the staged
-    directory is removed and ``out`` is left as it was.
+    ``out`` is checked again right before (``check``: ``check_output_dir`` or
+    ``check_export_dir``); on any error the staged directory is removed and ``out`` is left
+    as it was.
     """
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +117,7 @@ def replace_dir(out: Path, fill: Callable[[Path], None], force: bool = False) ->
         os.umask(umask)
         os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 is for the stage, not the result
         fill(stage)
-        check_output_dir(out, force)
+        check(out, force)
         if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             os.replace(out, old / out.name)

@@ -2,6 +2,7 @@
 
     lepton-compile MODEL ...          cmd_compile   the main job: variants, measured, the best
     lepton-compile bench MODEL        cmd_bench     the model as it is, measured
+    lepton-compile export OUTDIR      cmd_export    a compile's pick as a .pt2 package or ONNX
     lepton-compile fleet DIR|LIST     cmd_fleet     many models: a compile each, one summary
     lepton-compile optimize MODEL     cmd_optimize  graph passes only, verified
     lepton-compile gate BASE CUR      cmd_gate      CI perf gate on two reports
@@ -25,6 +26,7 @@ from lepton_compile.cli import (
     cmd_bench,
     cmd_cache,
     cmd_compile,
+    cmd_export,
     cmd_fleet,
     cmd_gate,
     cmd_lists,
@@ -36,7 +38,17 @@ from lepton_compile.errors import LeptonError
 __all__ = ["SUBCOMMANDS", "build_parser", "main", "route"]
 
 # The main job first: argv that names no other subcommand is its.
-SUBCOMMANDS = ("compile", "bench", "cache", "fleet", "gate", "optimize", "passes", "recipes")
+SUBCOMMANDS = (
+    "compile",
+    "bench",
+    "cache",
+    "export",
+    "fleet",
+    "gate",
+    "optimize",
+    "passes",
+    "recipes",
+)
 _MAIN_JOB = SUBCOMMANDS[0]
 
 
@@ -47,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_compile.add_parser(commands)
     cmd_bench.add_parser(commands)
     cmd_cache.add_parser(commands)
+    cmd_export.add_parser(commands)
     cmd_fleet.add_parser(commands)
     cmd_gate.add_parser(commands)
     cmd_optimize.add_parser(commands)

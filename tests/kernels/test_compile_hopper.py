@@ -5,6 +5,10 @@ down to a cubin (ptxas included) without a GPU. It catches what the interpreter 
 tl.dot shapes the hardware rejects, shared-memory overruns, lowering failures. The specs
 (kernels/specs.py) compile in one child process without TRITON_INTERPRET, in parallel, in a
 throwaway Triton cache; the table of shared memory and wgmma use is printed with the results.
+
+The `torch.library.triton_op` wrappers (runtime/lepton/kernel_ops.py) are what AOTInductor
+compiles into an exported GPU package: each must be registered as a triton_op, and every
+kernel it may launch must be among the specs compiled here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pytest
 from kernel_test_env import load
 
 specs = load("specs")
+from lepton_compile.runtime.lepton import kernel_ops  # noqa: E402  (after load: the interpreter flag)
 
 ARCH = 90
 LIMIT = specs.SHARED_LIMIT[ARCH]  # 227 KiB opt-in per block on H100/H200
@@ -83,3 +88,23 @@ def test_compiles_for_hopper(gate: dict, label: str) -> None:
     if spec.family == "gemm-tma":
         assert r["wgmma"], f"{label}: not on Hopper's warpgroup MMA"
         assert r["tma"], f"{label}: tiles not loaded by TMA (no cp.async.bulk.tensor)"
+
+
+def _kernel_id(kernel: object) -> tuple[str, str]:
+    fn = getattr(kernel, "fn", kernel)  # JITFunction and InterpretedFunction wrap the def
+    return fn.__module__.rsplit(".", 1)[-1], fn.__name__
+
+
+@pytest.mark.parametrize("op", sorted(kernel_ops.OP_KERNELS))
+def test_triton_op_wrappers_launch_only_gated_kernels(gate: dict, op: str) -> None:
+    import torch
+
+    namespace, name = op.split("::")
+    assert hasattr(getattr(torch.ops, namespace), name), f"{op} is not registered"
+    if hasattr(torch.library, "triton_op"):
+        from torch._library.triton import triton_ops_to_kernels
+
+        assert op in triton_ops_to_kernels, f"{op} is not a torch.library.triton_op"
+    compiled = {_kernel_id(s.kernel) for s in SPECS if gate[s.label]["error"] is None}
+    for kernel in kernel_ops.OP_KERNELS[op]:
+        assert tuple(kernel) in compiled, f"{op} launches {kernel}, which the gate does not compile"

@@ -402,6 +402,15 @@ class LeptonSession:
             spec.name: dtypes.to_numpy(t) for spec, t in zip(program.outputs, outs, strict=True)
         }
 
+    def program_for(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """The lowered `Program` that `run(feeds)` runs: its fx GraphModule and I/O specs.
+
+        What `lepton_compile.export` hands to torch.export; inputs that the session pins by
+        value (see the module docstring) are constants in it and absent from its inputs.
+        """
+        program, _ = self._program({name: np.asarray(a) for name, a in feeds.items()})
+        return program
+
     def describe(self) -> dict[str, Any]:
         import torch
 
