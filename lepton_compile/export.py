@@ -21,8 +21,10 @@ the variant's precision (passes.verify.DEFAULT_TOLERANCES). With `build_runner` 
 builds lepton-run (native_build.py), checks its outputs too, and measures its latency
 beside the Python session's as a ratio.
 
-The lowering folds shapes into the program, so a package runs at the shapes it was
-exported with: the compile's input shapes, or the recommended batch of its serving profile.
+The lowering folds shapes into the program, so a program runs at the shapes it was
+exported with. After a serving profile the package holds one model per profiled batch
+size (AOTInductor packages hold several, by name): "model", what loaders take by default,
+at the recommended batch, and "batch_<N>" for the others; each is checked for parity.
 """
 
 from __future__ import annotations
@@ -155,7 +157,11 @@ def held_out_feeds(
             f"{compile_dir}: variants/original.onnx is missing (inputs are made "
             "from the original model's input specs)"
         )
-    shapes = {i["name"]: i["shape"] for i in (report.get("model") or {}).get("inputs") or []}
+    # A serving profile keeps the batch symbolic ("B"); its feeds were made at batch 1.
+    shapes = {
+        i["name"]: [d if isinstance(d, int) else 1 for d in i["shape"]]
+        for i in (report.get("model") or {}).get("inputs") or []
+    }
     loaded = load_model(model, input_shapes=shapes)
     source = str(info.get("source") or "")
     seed = _eval_seed(source)
@@ -174,15 +180,27 @@ def held_out_feeds(
     return feeds.eval, feeds.source
 
 
-def _serving_batch(report: Mapping[str, Any], artifact: Path) -> tuple[int | None, list[str]]:
-    """The serving profile's recommended batch and the inputs that carry it (None: none)."""
-    from lepton_compile.intake import batch_inputs, read_checked
+def serving_batches(report: Mapping[str, Any]) -> tuple[list[int], int | None, list[str]]:
+    """(batch sizes, default batch, batch inputs) of the compile's serving profile: the
+    sizes it measured, the one it recommends (else the smallest); ([], None, []) without
+    a profile or without a batch dimension to vary."""
+    serving = report.get("serving") or {}
+    sizes = sorted({b for b in serving.get("batch_sizes") or [] if isinstance(b, int) and b > 0})
+    inputs = [str(n) for n in serving.get("batch_inputs") or []]
+    if not sizes or not inputs:
+        return [], None, []
+    recommended = (serving.get("recommendation") or {}).get("batch")
+    return sizes, recommended if recommended in sizes else sizes[0], inputs
 
-    rec = (report.get("serving") or {}).get("recommendation") or {}
-    batch = rec.get("batch")
-    if not isinstance(batch, int) or batch <= 1:
-        return None, []
-    return batch, batch_inputs(read_checked(artifact))
+
+def feeds_at_batches(
+    feeds: Sequence[dict[str, np.ndarray]], sizes: Sequence[int], batch_inputs: Sequence[str]
+) -> dict[int, list[dict[str, np.ndarray]]]:
+    """The held-out feeds stacked to each batch size (each feed starts the stack once)."""
+    from lepton_compile.batching import stack
+
+    rotations = [list(feeds[i:]) + list(feeds[:i]) for i in range(len(feeds))]
+    return {b: [stack(r, batch_inputs, b) for r in rotations] for b in sizes}
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,6 +281,18 @@ def lower_variant(
     )
 
 
+def program_at(lowered: Lowered, feed: Mapping[str, np.ndarray]) -> Lowered:
+    """The same session's program for other input shapes (another batch size)."""
+    program = lowered.session.program_for(feed)
+    return Lowered(
+        lowered.session,
+        program.module,
+        [s.name for s in program.inputs],
+        [s.name for s in program.outputs],
+        lowered.device,
+    )
+
+
 def _tensors(lowered: Lowered, feed: Mapping[str, np.ndarray]) -> list[Any]:
     from lepton_compile.runtime.lepton import dtypes
 
@@ -272,44 +302,79 @@ def _tensors(lowered: Lowered, feed: Mapping[str, np.ndarray]) -> list[Any]:
     ]
 
 
-def package(lowered: Lowered, feed: Mapping[str, np.ndarray], path: Path, variant: str) -> Path:
-    """torch.export the program at `feed`'s shapes and compile it into a package at `path`.
+DEFAULT_MODEL = "model"  # the model a loader takes when it is given no name
 
-    The input and output names travel in the package's metadata, where lepton-run reads them.
-    """
+
+def model_name(batch: int | None, default_batch: int | None) -> str:
+    """A package's model for `batch`: "model" for the default batch, else "batch_<N>"."""
+    return DEFAULT_MODEL if batch == default_batch else f"batch_{batch}"
+
+
+def _export_program(lowered: Lowered, feed: Mapping[str, np.ndarray], variant: str) -> Any:
+    """torch.export of the lowered program at `feed`'s shapes (ExportError naming the op or
+    the failure)."""
     import torch
 
     bad = unexportable_ops(lowered.module, lowered.device)
     if bad:
         raise ExportError(f"variant {variant} cannot be exported: op {bad[0]}")
-    if lowered.device.startswith("cpu"):
-        check_compiler()
-    example = tuple(_tensors(lowered, feed))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # torch 2.13's own pytree deprecation, raised from inside export: not ours to fix.
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-            exported = torch.export.export(lowered.module, example, strict=False)
+            return torch.export.export(lowered.module, tuple(_tensors(lowered, feed)), strict=False)
     except Exception as e:
         raise ExportError(f"variant {variant}: torch.export failed: {_first_line(e)}") from e
-    metadata = {
-        "lepton.variant": variant,
-        "lepton.input_names": "\n".join(lowered.input_names),
-        "lepton.output_names": "\n".join(lowered.output_names),
-    }
+
+
+def package(
+    lowered: Lowered,
+    feed: Mapping[str, np.ndarray],
+    path: Path,
+    variant: str,
+    others: Mapping[str, tuple[Lowered, Mapping[str, np.ndarray]]] | None = None,
+) -> Path:
+    """torch.export the program at `feed`'s shapes and compile it into a package at `path`.
+
+    `others` adds models under their own names (one per batch size of a serving profile:
+    the lowering folds shapes, so each batch is a program of its own); the first is the
+    package's default model. The input and output names travel in each model's metadata,
+    where lepton-run reads them.
+    """
+    import torch
+    from torch._inductor.package import package_aoti
+
+    models = {DEFAULT_MODEL: (lowered, feed), **(others or {})}
+    exported = {name: _export_program(lo, fd, variant) for name, (lo, fd) in models.items()}
+    if lowered.device.startswith("cpu"):
+        check_compiler()
     # Inductor's pattern matcher can rewrite a graph into one that does not trace (torch
     # 2.13: its attention rewrite broadcasts a 4-D mask against 3-D batched matmuls, as in
     # BERT-like encoders); as the lepton backend's torch.compile does, retry once without it.
     errors = []
     for configs in ({}, {"pattern_matcher": False}):
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-                torch._inductor.aoti_compile_and_package(
-                    exported,
-                    package_path=str(path),
-                    inductor_configs={"aot_inductor.metadata": metadata, **configs},
-                )
+            files: dict[str, list[Any]] = {}
+            for name, ep in exported.items():
+                lo = models[name][0]
+                metadata = {
+                    "lepton.variant": variant,
+                    "lepton.input_names": "\n".join(lo.input_names),
+                    "lepton.output_names": "\n".join(lo.output_names),
+                }
+                options = {
+                    "aot_inductor.package": True,
+                    "aot_inductor.metadata": metadata,
+                    **configs,
+                }
+                args, kwargs = ep.example_inputs
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+                    gm = ep.module(check_guards=False)
+                    compiled = torch._inductor.aot_compile(gm, args, kwargs, options=options)
+                assert isinstance(compiled, list)  # aot_inductor.package: the package's files
+                files[name] = compiled
+            package_aoti(str(path), files)
             return path
         except Exception as e:
             errors.append(e)
@@ -379,13 +444,19 @@ def _compute_dtype(v: Mapping[str, Any]) -> str | None:
     return names.get(str(v.get("precision") or ""))
 
 
-def package_outputs(path: Path, lowered: Lowered, feeds: Sequence[Mapping[str, np.ndarray]]):
-    """The package's outputs on `feeds`, loaded with torch._inductor.aoti_load_package."""
+def package_outputs(
+    path: Path,
+    lowered: Lowered,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    model: str = DEFAULT_MODEL,
+) -> list[dict[str, np.ndarray]]:
+    """The outputs of the package's `model` on `feeds`, loaded with torch's own loader."""
     import torch
+    from torch._inductor.package import load_package
 
     from lepton_compile.runtime.lepton import dtypes
 
-    runner = torch._inductor.aoti_load_package(str(path))
+    runner = load_package(str(path), model)
     results = []
     with torch.inference_mode():
         for feed in feeds:
@@ -490,12 +561,17 @@ def export(
     say("reading the held-out inputs")
     feeds, source = held_out_feeds(compile_dir, report, Path(inputs_dir) if inputs_dir else None)
     notes: list[str] = []
-    batch, batched = _serving_batch(report, artifact)
-    if batch is not None and batched:
-        from lepton_compile.batching import stack
-
-        feeds = [stack(feeds[i:] + feeds[:i], batched, batch) for i in range(len(feeds))]
-        notes.append(f"exported at the serving profile's recommended batch {batch}")
+    sizes, default_batch, batched = serving_batches(report)
+    by_batch: dict[int | None, list[dict[str, np.ndarray]]] = {None: feeds}
+    if sizes:
+        by_batch = {b: fs for b, fs in feeds_at_batches(feeds, sizes, batched).items()}
+        feeds = by_batch[default_batch]
+        if fmt == "pt2":
+            notes.append(
+                f"one model per batch size of the serving profile ({', '.join(map(str, sizes))})"
+                f": '{DEFAULT_MODEL}' at the recommended batch {default_batch}, 'batch_N' for "
+                "the others; inputs/ hold the recommended batch"
+            )
     device = str(v.get("device") or "cpu")
     manifest: dict[str, Any] = {
         "schema": EXPORT_SCHEMA,
@@ -507,8 +583,7 @@ def export(
         "backend_options": v.get("backend_options") or {},
         "format": fmt,
         "inputs_source": source,
-        "batch": batch,
-        "dynamic_batch": False,
+        "batch": default_batch,
         "notes": notes,
     }
     timings: dict[str, float] = {}
@@ -528,7 +603,9 @@ def export(
             copy_model(artifact, stage / ONNX_NAME)
             manifest["artifact"] = ONNX_NAME
         else:
-            _fill_package(stage, artifact, v, feeds, manifest, timings, state, say)
+            _fill_package(
+                stage, artifact, v, by_batch, default_batch, manifest, timings, state, say
+            )
             if build_runner:
                 _fill_runner(stage, build_dir, feeds, manifest, timings, state, quick, say)
         manifest["seconds"] = {k: round(s, 2) for k, s in timings.items()}
@@ -543,12 +620,14 @@ def _fill_package(
     stage: Path,
     artifact: Path,
     v: Mapping[str, Any],
-    feeds: Sequence[Mapping[str, np.ndarray]],
+    by_batch: Mapping[int | None, Sequence[Mapping[str, np.ndarray]]],
+    default_batch: int | None,
     manifest: dict[str, Any],
     timings: dict[str, float],
     state: dict[str, Any],
     say: Callable[[str], None],
 ) -> None:
+    """model.pt2: a model per batch size (one without a serving profile), each checked."""
     vid = str(v["id"])
     device = manifest["device"]
     if device.startswith("cuda"):
@@ -557,25 +636,43 @@ def _fill_package(
         if not torch.cuda.is_available():
             raise ExportError(f"variant {vid} runs on {device}, and there is no GPU here")
     say(f"lowering {vid}")
+    feeds = by_batch[default_batch]
     lowered = lower_variant(artifact, device, v.get("backend_options") or {}, feeds[0])
+    programs = {
+        model_name(b, default_batch): (program_at(lowered, fs[0]), b, fs)
+        for b, fs in by_batch.items()
+        if b != default_batch
+    }
     say("exporting with torch.export and compiling with AOTInductor")
     start = time.perf_counter()
-    package(lowered, feeds[0], stage / PACKAGE_NAME, vid)
+    others = {name: (lo, fs[0]) for name, (lo, _b, fs) in programs.items()}
+    package(lowered, feeds[0], stage / PACKAGE_NAME, vid, others)
     timings["export_and_compile"] = time.perf_counter() - start
     manifest["artifact"] = PACKAGE_NAME
     manifest["outputs"] = lowered.output_names
     say("checking the package against the variant on the held-out inputs")
-    expected = [lowered.session.run(feed) for feed in feeds]
-    got = package_outputs(stage / PACKAGE_NAME, lowered, feeds)
-    parity = compare(expected, got, _compute_dtype(v))
-    manifest["parity"] = {"package": parity}
-    if not parity["passed"]:
-        worst = next(n for n, o in parity["outputs"].items() if not o["passed"])
-        raise ParityError(
-            f"variant {vid}: the package's output {worst!r} differs from the variant's beyond "
-            f"tolerance (max |diff| {parity['outputs'][worst].get('max_abs')}); nothing written"
-        )
-    state.update(lowered=lowered, expected=expected)
+    checks = {DEFAULT_MODEL: (lowered, default_batch, feeds), **programs}
+    manifest["models"] = {}
+    manifest["parity"] = {}
+    for name, (lo, b, fs) in checks.items():
+        expected = [lo.session.run(feed) for feed in fs]
+        got = package_outputs(stage / PACKAGE_NAME, lo, fs, name)
+        parity = compare(expected, got, _compute_dtype(v))
+        manifest["models"][name] = {
+            "batch": b,
+            "inputs": [{"name": n, "shape": list(a.shape)} for n, a in fs[0].items()],
+        }
+        key = "package" if name == DEFAULT_MODEL else f"package:{name}"
+        manifest["parity"][key] = parity
+        if not parity["passed"]:
+            worst = next(n for n, o in parity["outputs"].items() if not o["passed"])
+            raise ParityError(
+                f"variant {vid}: the package's output {worst!r} ({name}) differs from the "
+                f"variant's beyond tolerance (max |diff| "
+                f"{parity['outputs'][worst].get('max_abs')}); nothing written"
+            )
+        if name == DEFAULT_MODEL:
+            state.update(lowered=lo, expected=expected)
 
 
 def _fill_runner(

@@ -1,8 +1,11 @@
 // lepton-run: run an AOTInductor package (.pt2) exported by `lepton-compile export`, without
 // Python.
 //
-//   lepton-run PACKAGE.pt2 INPUTS.lt [--save-outputs OUT.lt] [--json]
+//   lepton-run PACKAGE.pt2 INPUTS.lt [--model NAME] [--save-outputs OUT.lt] [--json]
 //   lepton-run PACKAGE.pt2 INPUTS.lt --bench [--quick] [--trials N] [--window-s S]
+//
+// A package exported with a serving profile holds one model per batch size: "model" at the
+// recommended batch, "batch_N" for the others (export.json lists them); --model picks one.
 //
 // Prints each output's shape and checksums (sum, sum of absolute values, in double). With
 // --bench it measures latency percentiles and, on a GPU where libnvidia-ml can be loaded,
@@ -37,6 +40,7 @@ struct Args {
   std::string package;
   std::string inputs;
   std::string save_outputs;
+  std::string model = "model";
   bool bench = false;
   bool quick = false;
   bool json = false;
@@ -62,7 +66,8 @@ struct Protocol {
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
-  std::cerr << "usage: lepton-run PACKAGE.pt2 INPUTS.lt [--save-outputs OUT.lt] [--json] "
+  std::cerr << "usage: lepton-run PACKAGE.pt2 INPUTS.lt [--model NAME] [--save-outputs OUT.lt] "
+               "[--json] "
                "[--bench [--quick] [--trials N] [--window-s S]]\n"
             << "lepton-run: error: " << message << "\n";
   std::exit(2);
@@ -83,6 +88,8 @@ Args parse(int argc, char** argv) {
       a.quick = true;
     } else if (arg == "--json") {
       a.json = true;
+    } else if (arg == "--model") {
+      a.model = next();
     } else if (arg == "--save-outputs") {
       a.save_outputs = next();
     } else if (arg == "--trials") {
@@ -92,7 +99,8 @@ Args parse(int argc, char** argv) {
       a.window_s = std::atof(next().c_str());
       if (!(a.window_s > 0)) usage_error("--window-s must be above 0");
     } else if (arg == "-h" || arg == "--help") {
-      std::cout << "lepton-run PACKAGE.pt2 INPUTS.lt [--save-outputs OUT.lt] [--json] "
+      std::cout << "lepton-run PACKAGE.pt2 INPUTS.lt [--model NAME] [--save-outputs OUT.lt] "
+                   "[--json] "
                    "[--bench [--quick] [--trials N] [--window-s S]]\n";
       std::exit(0);
     } else if (!arg.empty() && arg[0] == '-') {
@@ -149,7 +157,7 @@ double percentile(const std::vector<double>& sorted, double q) {
 
 class Model {
  public:
-  explicit Model(const std::string& package) : loader_(package) {
+  Model(const std::string& package, const std::string& name) : loader_(package, name) {
     auto meta = loader_.get_metadata();
     device_ = c10::Device(meta.count("AOTI_DEVICE_KEY") ? meta["AOTI_DEVICE_KEY"] : "cpu");
     if (meta.count("lepton.input_names")) input_names_ = split_lines(meta["lepton.input_names"]);
@@ -292,12 +300,13 @@ int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   try {
     lepton::NamedTensors file = lepton::read_tensors(args.inputs);
-    Model model(args.package);
+    Model model(args.package, args.model);
     const auto inputs = model.inputs(file);
     const auto outputs = model.run(inputs);
     lepton::NamedTensors named;
     std::ostringstream json;
-    json << "{\"package\": " << json_string(args.package) << ", \"device\": "
+    json << "{\"package\": " << json_string(args.package) << ", \"model\": "
+         << json_string(args.model) << ", \"device\": "
          << json_string(model.device().str()) << ", \"outputs\": [";
     for (size_t i = 0; i < outputs.size(); ++i) {
       const at::Tensor t = outputs[i].cpu().to(at::kDouble);

@@ -285,10 +285,11 @@ def test_transformer_block_exports_and_matches_onnxruntime(
 
     proc = subprocess.run(
         [str(runner), str(out / "model.pt2"), str(out / "inputs" / "0000.lt"), "--json",
-         "--bench", "--quick"],
+         "--bench", "--quick", "--save-outputs", str(tmp_path / "native.lt")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    _close(rawtensors.read(tmp_path / "native.lt")["y"], expected["y"])
     result = json.loads(proc.stdout)
     assert result["outputs"][0]["name"] == "y" and result["outputs"][0]["shape"] == [1, 8, 16]
     assert np.isclose(result["outputs"][0]["sum"], float(expected["y"].astype(np.float64).sum()),
@@ -297,6 +298,47 @@ def test_transformer_block_exports_and_matches_onnxruntime(
     assert bench["runs"] >= bench["trials"] and bench["latency_ms"]["p50"] > 0
     assert bench["energy_j"] is None  # no NVML for a CPU package, and said so
     assert "CPU" in bench["energy_note"]
+
+    (tmp_path / "feed.npz").write_bytes(b"PK\x03\x04 not ours")
+    bad = subprocess.run(
+        [str(runner), str(out / "model.pt2"), str(tmp_path / "feed.npz")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"lepton-run: error: {tmp_path / 'feed.npz'}: not a tensor file (no LEPTONT1 header)"
+    ]
+
+
+@pytest.mark.slow
+def test_serving_profile_exports_a_model_per_batch_size(
+    mlp_path: Path, runner: Path, tmp_path: Path
+) -> None:
+    import lepton_compile
+
+    result = lepton_compile.compile(
+        mlp_path, recipes=["original"], backends=["lepton", "ort"], batch_sizes=[1, 4],
+        quick=True, isolate=False, eval_samples=2, calibration_samples=0,
+    )  # fmt: skip
+    result.save(tmp_path / "mlp.lepton")
+    m = result.export(tmp_path / "out", variant="original-lepton-cpu").manifest
+    assert {model["batch"] for model in m["models"].values()} == {1, 4}
+    assert m["models"]["model"]["batch"] == m["batch"]
+    assert all(p["passed"] for p in m["parity"].values()) and len(m["parity"]) == 2
+    (other,) = [name for name in m["models"] if name != "model"]
+    batch = m["models"][other]["batch"]
+    assert other == f"batch_{batch}"
+
+    rng = np.random.default_rng(3)
+    feed = {"x": rng.standard_normal((batch, 32)).astype(np.float32)}
+    rawtensors.write(tmp_path / "x.lt", feed)
+    proc = subprocess.run(
+        [str(runner), str(tmp_path / "out" / "model.pt2"), str(tmp_path / "x.lt"), "--model",
+         other, "--save-outputs", str(tmp_path / "y.lt")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _close(rawtensors.read(tmp_path / "y.lt")["y"], _ort(mlp_path, feed)["y"])
 
 
 @pytest.mark.slow

@@ -17,19 +17,24 @@ from lepton_compile.cli.common import (
 )
 from lepton_compile.cli.terminal import setup_logging, stdout_console
 
-DESCRIPTION = (
-    "Export a variant of a finished compile (default: its pick) so that it deploys without "
-    "lepton-compile. OUTDIR is the compile's output directory (the -o of `lepton-compile "
-    "MODEL`, holding report.json and variants/); the export goes to OUTDIR/export unless -o "
-    "says otherwise. A lepton-backend variant is exported with torch.export at the compile's "
-    "input shapes (or the serving profile's recommended batch) and compiled by AOTInductor "
-    "into model.pt2 for the variant's device; Python loads it with "
-    "torch._inductor.aoti_load_package, C++ with lepton-run (--build-runner). An onnxruntime "
-    "variant is exported as its ONNX file, model.onnx. Beside it: inputs/NNNN.lt (the "
-    "compile's held-out inputs in lepton-run's raw tensor format) and export.json (what was "
-    "exported, and the package's parity with the variant on those inputs). A package that "
-    "does not match the variant within the tolerance of its precision is not written."
-)
+DESCRIPTION = """\
+Export a variant of a finished compile (default: its pick) so that it deploys without
+lepton-compile. OUTDIR is the compile's output directory (the -o of `lepton-compile MODEL`,
+holding report.json and variants/); the export goes to OUTDIR/export unless -o says
+otherwise.
+
+A lepton-backend variant is exported with torch.export at the compile's input shapes and
+compiled by AOTInductor into model.pt2 for the variant's device: Python loads it with
+torch._inductor.aoti_load_package, C++ with lepton-run (--build-runner). After a serving
+profile the package holds a model per profiled batch size: "model" at the recommended
+batch, "batch_N" for the others. An onnxruntime variant is exported as its ONNX file,
+model.onnx.
+
+Beside it: inputs/NNNN.lt, the compile's held-out inputs in lepton-run's raw tensor format,
+and export.json: what was exported, and the package's parity with the variant on those
+inputs. A package that does not match the variant within the tolerance of its precision is
+not written.
+"""
 
 EPILOG = """\
 examples:
