@@ -11,7 +11,8 @@ sees the state the call was sent to. A worker that dies beyond that is a
 ``WorkerError(kind="crash")`` with Ray's reason, and the stage marks that variant failed.
 
 Builds and verification runs go as many at once as the cluster has CPUs (``parallelism``:
-the stages hand the executor independent variants together). Inside a build, the layer
+the stages hand the executor independent variants together); a CUDA variant's actor holds a
+share of a GPU (``GPU_SHARE``) on a node that has one. Inside a build, the layer
 probes of an accuracy-aware recipe's sensitivity search are Ray tasks of their own
 (``RayProbes``, installed in every actor): each probe judges one candidate model, which
 travels to it through the object store, against the reference outputs put there once.
@@ -86,6 +87,9 @@ PIN_AMOUNT = 0.001
 # Files up to this size travel through the object store to a node that cannot see them;
 # bigger ones need a shared --work-dir (the object store holds them in memory, twice over).
 OBJECT_STORE_MAX_BYTES = 512 * 2**20
+# The share of a GPU that a CUDA variant's actor asks for while it is built and verified:
+# four such actors share one GPU (they run the held-out inputs, not timed work).
+GPU_SHARE = 0.25
 # Extra seconds the parent waits on the measuring actor beyond a call's own time limit, which
 # the variant's worker process inside it enforces.
 MEASURE_GRACE_S = 30.0
@@ -381,6 +385,7 @@ class RayWorker:
         self._actor: Any = None
         self._node: str | None = None
         self._measuring = False  # its calls go to the run's measuring actor
+        self._gpu = False  # it runs a CUDA variant: its actor holds a share of a GPU
         self._state: dict[str, tuple[int, Any]] = {}  # method -> (setup id, ObjectRef of args)
         self._blobs: dict[str, Any] = {}  # path -> ObjectRef of its bytes, sent when asked
 
@@ -389,6 +394,9 @@ class RayWorker:
             raise WorkerError(self.dead, "crash")
         if method in MEASURE_CALLS:
             self.to_measuring()
+        elif method == "load" and str(args[2]).startswith("cuda") and not self._gpu:
+            self._gpu = True  # from now on on a node with a GPU, a share of it its own
+            self._end_actor()
         sid: int | None = None
         payload: Any = args
         if method == "build" and len(args) > 4 and args[4] is not None:
@@ -451,7 +459,7 @@ class RayWorker:
 
     def _ensure_actor(self) -> Any:
         if self._actor is None:
-            self._actor = self.executor.new_actor()
+            self._actor = self.executor.new_actor(gpu=self._gpu)
             self._node = None
         return self._actor
 
@@ -594,11 +602,20 @@ class RayExecutor:
                 self._workers[key] = RayWorker(self, key)
             return self._workers[key]
 
-    def new_actor(self) -> Any:
-        """A variant's actor for builds and verification, wherever the cluster has room."""
-        return _RemoteActor.options(  # type: ignore[attr-defined]
-            max_restarts=self.max_restarts, max_task_retries=self.max_restarts
-        ).remote(self.artifacts, self.parallelism)
+    def new_actor(self, gpu: bool = False) -> Any:
+        """A variant's actor for builds and verification, wherever the cluster has room (with
+        ``gpu``, a share of a GPU: a CUDA variant runs there)."""
+        options: dict[str, Any] = {
+            "max_restarts": self.max_restarts,
+            "max_task_retries": self.max_restarts,
+        }
+        if gpu:
+            # No CPU held while it lives, only the GPU share: the measuring actor, which takes
+            # every CPU of its node, must not wait for an idle verification actor.
+            options.update(num_gpus=GPU_SHARE, num_cpus=0)
+        return _RemoteActor.options(**options).remote(  # type: ignore[attr-defined]
+            self.artifacts, self.parallelism
+        )
 
     def blob(self, path: str) -> Any:
         """The file at ``path`` in the object store, for a node that cannot see it."""

@@ -70,7 +70,10 @@ def cluster(steps_dir: Path) -> Iterator[dict[str, str]]:
         head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": store},
     )
     try:
-        bench = c.add_node(num_cpus=1, resources={"bench": 1}, object_store_memory=store)
+        # It declares a GPU too (Ray schedules by the count given): where CUDA variants go.
+        bench = c.add_node(
+            num_cpus=1, num_gpus=1, resources={"bench": 1}, object_store_memory=store
+        )
         c.wait_for_nodes()
         # Actors import the test's custom step module by name, as worker processes do.
         path = os.pathsep.join([str(steps_dir), os.environ.get("PYTHONPATH", "")])
@@ -407,3 +410,20 @@ def test_a_metric_from_the_users_file_reaches_the_actors(
     assert v.status != "failed", v.reason
     search = next(s for s in v.build["steps"] if "criterion" in s)
     assert search["criterion"].startswith("user metric")
+
+
+@pytest.mark.slow
+def test_a_cuda_variant_is_verified_on_a_node_with_a_gpu(mlp_path: Path, cluster: dict):
+    """Its actor asks for a share of a GPU, so it lands on the one node that declares one
+    (where this machine has no CUDA, the load then fails there, with the reason)."""
+    from lepton_compile.executor_ray import RayExecutor
+    from lepton_compile.worker import WorkerError
+
+    with RayExecutor(timeout_s=120) as ex:
+        w = ex.worker("original-ort-cuda")
+        w.call("load", str(mlp_path), "ort", "cpu", {})
+        try:
+            w.call("load", str(mlp_path), "ort", "cuda", {})
+        except WorkerError as e:
+            assert e.reason
+        assert w.node_id() == cluster["bench"]
