@@ -377,6 +377,8 @@ class TrialSession:
             try:
                 self.runners[vid].warmup(self.protocol)
             except Exception as e:
+                if getattr(e, "stops_the_run", False):
+                    raise
                 self.acc[vid].error = f"warm-up: {_describe_error(e)}"
                 log.warning("variant %s failed: %s", vid, self.acc[vid].error)
         gc.collect()  # once, after warm-up: the full collection's cost stays out of every window
@@ -394,6 +396,8 @@ class TrialSession:
         try:
             out = self.runners[vid].window(window_s, self.protocol)
         except Exception as e:  # a local runner's error, or an isolated worker's crash
+            if getattr(e, "stops_the_run", False):
+                raise  # not this variant's fault (the cluster running the workers is gone)
             where = "screen" if trial is None else f"trial {trial}"
             a.error = f"{where}: {e if isinstance(e, _RunnerFailed) else _describe_error(e)}"
             log.warning("variant %s failed: %s", vid, a.error)

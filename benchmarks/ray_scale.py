@@ -16,9 +16,11 @@ Then a projection, labelled as one, to clusters of N nodes with this machine's C
 from the durations measured here with the local executor (work one at a time):
 
 - search: the first probe alone, then batches of N x CPUs probes between checkpoints;
-- fleet: per model, the builds scheduled longest-first on N x CPUs slots, verification
-  spread likewise, measurement as measured (it stays on one node, one model at a time), the
-  rest (loading, reference outputs, emitting) as measured.
+- fleet: per model, the builds scheduled longest-first on N x CPUs slots, each whole (an
+  upper bound: the probes inside an accuracy-aware build spread too), verification spread
+  likewise, measurement as measured (it stays on one node, one model at a time), the rest
+  (loading, reference outputs, emitting) as measured; and the floor that models at once
+  approach, the measurements alone.
 
 Figures on one machine tell what its cores allow, nothing more: with 2 cores a build or
 probe already uses both (onnxruntime's threads), so running two at once mostly shares them.
@@ -113,6 +115,7 @@ def run_fleet(models: Sequence[str], executor: str, jobs: int, work: Path) -> di
         for m in models
     ]
     clock = _FleetClock()
+    load0 = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     out = work / f"{executor}-jobs{jobs}"
     res = fleet_run(entries, out, observer=clock, executor=executor, jobs=jobs, **FLEET_OPTIONS)
@@ -133,7 +136,14 @@ def run_fleet(models: Sequence[str], executor: str, jobs: int, work: Path) -> di
             }
         )
     log.info("fleet on %s, %d at once: %.1f s", executor, jobs, wall)
-    return {"executor": executor, "jobs": jobs, "wall_s": round(wall, 1), "models": rows}
+    return {
+        "executor": executor,
+        "jobs": jobs,
+        "wall_s": round(wall, 1),
+        # What else the machine ran meanwhile: 1-minute load averages at the start and end.
+        "load_avg_1min": [load0, round(os.getloadavg()[0], 2)],
+        "models": rows,
+    }
 
 
 def _build_seconds(report: Path) -> dict[str, float]:
@@ -162,6 +172,7 @@ def _executor_record(report: Path) -> dict[str, Any] | None:
 
 def run_search(model: str, executor: str) -> dict[str, Any]:
     """The accuracy-aware INT8 recipe's build, its search's figures."""
+    load0 = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     res = lepton_compile.compile(
         fetch(model), input_shapes=MODELS[model].input_shapes, executor=executor, **SEARCH_OPTIONS
@@ -173,8 +184,9 @@ def run_search(model: str, executor: str) -> dict[str, Any]:
         "executor": executor,
         "wall_s": round(wall, 1),
         "build_s": (v.build or {}).get("seconds"),
-        "status": v.status,
+        "status": str(v.status),
         "reason": v.reason,
+        "load_avg_1min": [load0, round(os.getloadavg()[0], 2)],
     }
     if search is not None:
         row.update(
@@ -202,13 +214,21 @@ def _makespan(durations: Sequence[float], slots: int) -> float:
     return max(ends)
 
 
-def project_search(serial: dict[str, Any], cpus: int) -> list[dict[str, Any]]:
-    """Probing seconds on N nodes: the first probe alone, then batches between checkpoints."""
-    if not serial.get("probes_single") or not serial.get("search_s"):
+def project_search(serial: dict[str, Any], ray_run: dict[str, Any], cpus: int) -> list[dict]:
+    """Probing seconds on N nodes: the first probe alone, then batches between checkpoints.
+
+    A probe task lasts what the Ray run's did here, one CPU each (its probing seconds times
+    the slots over the probes: an upper bound, since it counts the waits at each batch's
+    end); the group probes and the search for how many layers to keep stay serial, as long
+    as they took in the serial run.
+    """
+    needed = ("probes_single", "search_s", "probes")
+    if not all(serial.get(k) for k in needed) or not all(ray_run.get(k) for k in needed):
         return []
-    n = serial["probes_single"]
-    per = serial["search_s"] / serial["probes"]  # a probe as measured, model edit included
-    rest = serial["search_s"] - n * per  # the group probes and the search for k, serial
+    per_serial = serial["search_s"] / serial["probes"]
+    rest = serial["search_s"] - serial["probes_single"] * per_serial
+    per_task = ray_run["search_s"] * cpus / ray_run["probes"]
+    n = max(serial["probes_single"], ray_run["probes_single"])
     out = []
     for nodes in PROJECT_NODES:
         width = nodes * cpus
@@ -218,7 +238,15 @@ def project_search(serial: dict[str, Any], cpus: int) -> list[dict[str, Any]]:
             if end > done:
                 batches += math.ceil((end - done) / width)
                 done = end
-        out.append({"nodes": nodes, "slots": width, "search_s": round(rest + batches * per, 2)})
+        out.append(
+            {
+                "nodes": nodes,
+                "slots": width,
+                "probes": n,
+                "search_s": round(rest + batches * per_task, 2),
+                "serial_search_s": round(rest + n * per_serial, 2),
+            }
+        )
     return out
 
 
@@ -250,12 +278,50 @@ def project_fleet(local: dict[str, Any], cpus: int) -> list[dict[str, Any]]:
     return out
 
 
+def _search_projection(search: list[dict[str, Any]], cpus: int) -> dict[str, Any]:
+    return {
+        "note": "a projection from the probe durations measured here (serial, and Ray tasks "
+        "on a warm cluster), not a measurement",
+        "rows": project_search(search[0], search[-1], cpus),
+    }
+
+
+def _fleet_projection(local: dict[str, Any], cpus: int) -> dict[str, Any]:
+    return {
+        "note": "a projection from the stage and build durations of the local run, not a "
+        "measurement. Each build is scheduled whole, so an accuracy-aware build's sensitivity "
+        "search counts as serial here (an upper bound: its probes spread too, see "
+        "search_projection); measurement stays serial on one node",
+        "rows": project_fleet(local, cpus),
+    }
+
+
+def reproject(path: Path) -> None:
+    """Recompute the projections of a results file from the durations it holds."""
+    import json
+
+    data = json.loads(path.read_text())
+    cpus = data["cpus"]
+    if data.get("search"):
+        data["search_projection"] = _search_projection(data["search"], cpus)
+    if data.get("fleet"):
+        data["fleet_projection"] = _fleet_projection(data["fleet"][0], cpus)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=DEFAULT_MODELS)
     ap.add_argument("--search-model", default="ppocr-cls")
     ap.add_argument("--out", type=Path, default=RESULTS / "ray-scale-cpu.json")
+    ap.add_argument(
+        "--reproject", action="store_true", help="only recompute the projections of --out"
+    )
     args = ap.parse_args(argv)
+    if args.reproject:
+        reproject(args.out)
+        print(f"rewrote the projections of {args.out}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_models(ap, [*args.models, args.search_model])
     import ray
@@ -278,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         search = [run_search(args.search_model, ex) for ex in ("local", "ray", "ray")]
         search[1]["cluster"], search[2]["cluster"] = "fresh", "warm"
         fields["search"] = search
-        fields["search_projection"] = {
-            "note": "a projection from the serial probe durations measured here, not a measurement",
-            "rows": project_search(search[0], cpus),
-        }
+        fields["search_projection"] = _search_projection(search, cpus)
         write_results(args.out, "ray_scale", argv, [], **fields)
         fleets = []
         for ex, jobs in (("local", 1), ("ray", 1), ("ray", 2)):
@@ -292,11 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{f['executor']} jobs={f['jobs']}": round(f["wall_s"] / fleets[0]["wall_s"], 3)
             for f in fleets
         }
-        fields["fleet_projection"] = {
-            "note": "a projection from the stage and build durations of the local run, not a "
-            "measurement; measurement stays serial on one node",
-            "rows": project_fleet(fleets[0], cpus),
-        }
+        fields["fleet_projection"] = _fleet_projection(fleets[0], cpus)
         write_results(args.out, "ray_scale", argv, [], **fields)
     ray.shutdown()
     print(f"wrote {args.out}")

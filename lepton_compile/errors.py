@@ -15,6 +15,14 @@ class InputError(LeptonError):
     exit_code = 2
 
 
+class ClusterLost(InputError):
+    """The cluster the run's work went to is gone: the run stops (exit code 2), the rest of a
+    fleet with it, and what was not finished is not written."""
+
+    # Read by the measurement protocol, which records other errors against the variant.
+    stops_the_run = True
+
+
 class NotSupported(LeptonError):
     """A backend cannot run an op or a dtype; the search skips the variant."""
 

@@ -62,7 +62,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lepton_compile import compress
-from lepton_compile.errors import InputError
+from lepton_compile.errors import ClusterLost, InputError
 from lepton_compile.worker import (
     DEFAULT_TIMEOUT_S,
     VariantWorker,
@@ -445,6 +445,7 @@ class RayWorker:
             reply = self._ensure_actor().call.remote(method, payload, sid, setup, self._blobs)
             return ray.get(reply, timeout=limit)
         except ray.exceptions.GetTimeoutError:
+            self.executor.check_cluster()
             if self._measuring:
                 self.executor.restart_measurer()  # stuck beyond its worker's own time limit
             else:
@@ -455,6 +456,7 @@ class RayWorker:
             # The actor lives; what was sent or returned could not cross (not serializable).
             raise WorkerError(f"cannot cross to the cluster: {_ray_reason(e)}", "error") from None
         except ray.exceptions.RayError as e:
+            self.executor.check_cluster()
             raise self._died(e) from None
 
     def _ensure_actor(self) -> Any:
@@ -581,6 +583,7 @@ class RayExecutor:
         assert artifacts in ARTIFACT_MODES, artifacts
         self.artifacts = artifacts
         self.measure_node: str | None = None
+        self.gcs_address = ray.get_runtime_context().gcs_address
         self.ids = itertools.count(1)
         self.ledger: list[tuple[str, str, str]] = []  # (variant, method, node) of each call
         self._workers: dict[str, RayWorker] = {}
@@ -595,6 +598,18 @@ class RayExecutor:
                 f"--target-resource {target_resource}: no node of the Ray cluster at "
                 f"{self.address} has it"
             )
+
+    def check_cluster(self) -> None:
+        """Raise ClusterLost when the cluster's control service no longer answers: every call
+        would fail now, and that is not the variants' fault."""
+        host, _, port = self.gcs_address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise ClusterLost(
+                f"lost the connection to the Ray cluster at {self.address} "
+                f"({getattr(e, 'strerror', None) or e}); nothing of this run was written"
+            ) from None
 
     def worker(self, key: str) -> RayWorker:
         with self._lock:

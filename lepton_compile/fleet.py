@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_compile import __version__
-from lepton_compile.errors import InputError
+from lepton_compile.errors import ClusterLost, InputError
 from lepton_compile.fleet_report import J_PER_KWH, _d, _num, progress_line, write_all
 from lepton_compile.options import CompileOptions
 from lepton_compile.outdir import REPORT_SCHEMA, check_output_dir
@@ -585,6 +585,8 @@ def _compile_one(
         saved = result.save(out / name, force=force)
         report = result.report
         del result  # its work folder goes now, not after the next model
+    except ClusterLost:
+        raise  # every model after this one would fail alike: the fleet stops, resumable
     except InputError as e:
         return failed_row(entry, name, one_line(e), resumed=False)
     except Exception as e:  # a bug in one model's run: the fleet goes on, -v shows where

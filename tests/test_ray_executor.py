@@ -427,3 +427,61 @@ def test_a_cuda_variant_is_verified_on_a_node_with_a_gpu(mlp_path: Path, cluster
         except WorkerError as e:
             assert e.reason
         assert w.node_id() == cluster["bench"]
+
+
+@pytest.mark.slow
+def test_a_cluster_lost_mid_run_is_one_line_and_nothing_written(
+    tinycnn_path: Path, tmp_path: Path
+):
+    """A cluster of its own (the module's stays up), killed while the run measures on it."""
+    pytest.importorskip("ray", reason="the Ray executor needs ray (the ray extra)")
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Ray's token authentication would need the head's token passed to the driver.
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
+        + [f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its processes in a group of their own, to end together
+    )
+    out = tmp_path / "out"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # until the head answers
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(1)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "lepton_compile", str(tinycnn_path), "--quick", "-o", str(out)]
+            + ["--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--no-cache"]
+            # Many trials: the run is still measuring when the cluster goes.
+            + ["--recipes", "fused", "--backend", "ort", "--min-trials", "1000"]
+            + ["--max-trials", "1000", "--measure-budget-s", "600"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(25)
+        assert run.poll() is None, run.communicate()
+        os.killpg(head.pid, signal.SIGKILL)
+        _, err = run.communicate(timeout=240)
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", f"gcs-address=127.0.0.1:{port}"], check=False)
+    lines = [ln for ln in err.splitlines() if ln.strip() and "lepton-compile" in ln]
+    assert run.returncode == 2, err
+    assert len(lines) == 1 and "lost the connection to the Ray cluster" in lines[0], err
+    assert not out.exists()
