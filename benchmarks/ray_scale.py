@@ -85,7 +85,7 @@ class _StageClock(Observer):
 
     def seconds(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for (kind, t), (_, t_next) in zip(self.marks, self.marks[1:]):
+        for (kind, t), (_, t_next) in zip(self.marks, self.marks[1:], strict=False):
             out[kind] = round(out.get(kind, 0.0) + t_next - t, 2)
         return out
 
@@ -109,9 +109,7 @@ class _FleetClock(FleetObserver):
 
 def run_fleet(models: Sequence[str], executor: str, jobs: int, work: Path) -> dict[str, Any]:
     entries = [
-        ModelEntry(
-            fetch(m), m, tuple((k, tuple(v)) for k, v in MODELS[m].input_shapes.items())
-        )
+        ModelEntry(fetch(m), m, tuple((k, tuple(v)) for k, v in MODELS[m].input_shapes.items()))
         for m in models
     ]
     clock = _FleetClock()

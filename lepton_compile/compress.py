@@ -452,7 +452,7 @@ class _Prober:
             size = 1 if self.probe_s is None else min(width, self.cap - m, max(1, checkpoint - m))
             batch = [self.recs[i] for i in self.order[m : m + size]]
             t = time.perf_counter()
-            for r, d in zip(batch, ev.drops([make((r.name,)) for r in batch])):
+            for r, d in zip(batch, ev.drops([make((r.name,)) for r in batch]), strict=True):
                 r.drop_alone = d
             m += len(batch)
             self.probed = m

@@ -289,7 +289,8 @@ class _MeasureActor:
                 if s not in self.applied:
                     w.call(m, *_localize(self.files, m, ray.get(ref), blobs))
                     self.applied.add(s)
-            result = w.call(method, *_localize(self.files, method, args, blobs), timeout_s=timeout_s)
+            local = _localize(self.files, method, args, blobs)
+            result = w.call(method, *local, timeout_s=timeout_s)
             if sid is not None:
                 self.applied.add(sid)
             return ("ok", result, self.node)
@@ -367,7 +368,8 @@ class RayProbes:
         if self._put is None or self._put[0] != id(ev):
             self._put = (id(ev), ray.put(ev))
         ref = self._put[1]
-        return [float(d) for d in ray.get([_probe.remote(ref, m.SerializeToString()) for m in models])]
+        tasks = [_probe.remote(ref, m.SerializeToString()) for m in models]
+        return [float(d) for d in ray.get(tasks)]
 
 
 _RemoteActor = ray.remote(_RayActor)
@@ -637,8 +639,10 @@ class RayExecutor:
         p = Path(path)
         size = p.stat().st_size
         if size > OBJECT_STORE_MAX_BYTES or p.with_name(p.name + ".data").exists():
-            what = "has external data" if size <= OBJECT_STORE_MAX_BYTES else (
-                f"is {size / 2**20:.0f} MiB (over {OBJECT_STORE_MAX_BYTES / 2**20:.0f} MiB)"
+            what = (
+                "has external data"
+                if size <= OBJECT_STORE_MAX_BYTES
+                else (f"is {size / 2**20:.0f} MiB (over {OBJECT_STORE_MAX_BYTES / 2**20:.0f} MiB)")
             )
             raise WorkerError(
                 f"{p.name} {what}: it cannot go through Ray's object store to a node that does "
@@ -684,9 +688,7 @@ class RayExecutor:
             blobs.update(w._blobs)
         items = [(w.name, w.setup_calls()) for w in workers]
         try:
-            failed = ray.get(
-                self.measurer(None).setup.remote(items, blobs), timeout=self.timeout_s
-            )
+            failed = ray.get(self.measurer(None).setup.remote(items, blobs), timeout=self.timeout_s)
         except ray.exceptions.RayError as e:  # each variant's own next call says what it is
             log.debug("measurement set-up: %s", _ray_reason(e))
             return

@@ -381,7 +381,7 @@ def test_probes_run_in_batches_that_stop_at_each_checkpoint():
     across a checkpoint, and the search decides exactly as it does probing one by one."""
     rng = np.random.default_rng(3)
     names = [f"l{i}" for i in range(21)]
-    damage = {n: float(d) for n, d in zip(names, rng.uniform(0, 0.004, len(names)))}
+    damage = {n: float(d) for n, d in zip(names, rng.uniform(0, 0.004, len(names)), strict=True)}
     damage["l7"] = 0.05
     ctx = compress.AccuracyContext(max_drop=0.02, margin=1.0, budget_s=1e6)
     layers = [(n, "Conv") for n in names]

@@ -241,13 +241,11 @@ def test_artifacts_through_the_object_store(tinycnn_path: Path, cluster: dict, t
     """Nodes that do not see the driver's files get the model from the object store and send
     the built variant back the same way; it is the variant a local build gives."""
     import numpy as np
-
-    from lepton_compile.executor_ray import RayExecutor
-    from lepton_compile.worker import VariantWorker
-
     import onnx
 
+    from lepton_compile.executor_ray import RayExecutor
     from lepton_compile.recipes import RECIPES
+    from lepton_compile.worker import VariantWorker
 
     fused = RECIPES["fused"]
 
@@ -430,9 +428,7 @@ def test_a_cuda_variant_is_verified_on_a_node_with_a_gpu(mlp_path: Path, cluster
 
 
 @pytest.mark.slow
-def test_a_cluster_lost_mid_run_is_one_line_and_nothing_written(
-    tinycnn_path: Path, tmp_path: Path
-):
+def test_a_cluster_lost_mid_run_is_one_line_and_nothing_written(tinycnn_path: Path, tmp_path: Path):
     """A cluster of its own (the module's stays up), killed while the run measures on it."""
     pytest.importorskip("ray", reason="the Ray executor needs ray (the ray extra)")
     import signal

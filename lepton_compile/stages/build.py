@@ -101,7 +101,7 @@ def build(
         return _build_one(ctx, executor, r, mine[0].id, static_path, hit)
 
     results = each(executor, ctx.recipes, build_recipe, lambda r, _: ctx.observer.advance(r.name))
-    built = {r.name: b for r, b in zip(ctx.recipes, results)}
+    built = {r.name: b for r, b in zip(ctx.recipes, results, strict=True)}
     for v in variants:
         b = built[v.recipe.name]
         v.build = b.info

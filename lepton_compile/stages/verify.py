@@ -28,7 +28,8 @@ def verify(
         if v.status != Status.PENDING:
             return None
         if ctx.over_budget() and v is not baseline:
-            return (Status.SKIPPED, f"not verified: the --budget-s of {opts.budget_s:g} s was spent")
+            why = f"not verified: the --budget-s of {opts.budget_s:g} s was spent"
+            return (Status.SKIPPED, why)
         return _judge(ctx, executor, v, ref)
 
     def conclude(v: VariantResult, why: tuple[Status, str] | None) -> None:
