@@ -199,6 +199,15 @@ class _Files:
         return str(self.local() / f"out-{abs(hash(path))}-{Path(path).name}")
 
 
+def _replay(applied: set[int], files: _Files, setup: list, blobs: dict[str, Any], run: Any) -> None:
+    """Run the set-up calls (setup id, method, ObjectRef of args) this actor has not seen:
+    a restarted actor, or a variant new to it, is set up again first."""
+    for s, m, ref in setup:
+        if s not in applied:
+            run(m, *_localize(files, m, ray.get(ref), blobs))
+            applied.add(s)
+
+
 def _localize(files: _Files, method: str, args: tuple, blobs: dict[str, Any]) -> tuple:
     """``args`` with the paths this node reads and writes made local to it."""
     if method == "load":
@@ -227,10 +236,7 @@ class _RayActor:
 
     def call(self, method: str, args: tuple, sid: int | None, setup: list, blobs: dict) -> tuple:
         try:
-            for s, m, ref in setup:
-                if s not in self.applied:  # a restarted actor: set it up again first
-                    getattr(self.handler, m)(*_localize(self.files, m, ray.get(ref), blobs))
-                    self.applied.add(s)
+            _replay(self.applied, self.files, setup, blobs, self._run)
             local = _localize(self.files, method, args, blobs)
             result = getattr(self.handler, method)(*local)
             if sid is not None:
@@ -245,6 +251,9 @@ class _RayActor:
         except Exception as e:
             log.debug("worker %s failed", method, exc_info=True)
             return ("err", (_kind(e), _one_line(e)), self.node)
+
+    def _run(self, method: str, *args: Any) -> Any:
+        return getattr(self.handler, method)(*args)
 
     def pid(self) -> int:
         return os.getpid()
@@ -285,10 +294,7 @@ class _MeasureActor:
     ) -> tuple:
         w = self._worker(key)
         try:
-            for s, m, ref in setup:
-                if s not in self.applied:
-                    w.call(m, *_localize(self.files, m, ray.get(ref), blobs))
-                    self.applied.add(s)
+            _replay(self.applied, self.files, setup, blobs, w.call)
             local = _localize(self.files, method, args, blobs)
             result = w.call(method, *local, timeout_s=timeout_s)
             if sid is not None:
@@ -308,10 +314,7 @@ class _MeasureActor:
         def one(item: tuple) -> tuple[str, str]:
             key, setup = item
             try:
-                for s, m, ref in setup:
-                    if s not in self.applied:
-                        self._worker(key).call(m, *_localize(self.files, m, ray.get(ref), blobs))
-                        self.applied.add(s)
+                _replay(self.applied, self.files, setup, blobs, self._worker(key).call)
             except Exception as e:
                 return key, _one_line(e)
             return key, ""
@@ -389,7 +392,7 @@ class RayWorker:
         self._measuring = False  # its calls go to the run's measuring actor
         self._gpu = False  # it runs a CUDA variant: its actor holds a share of a GPU
         self._state: dict[str, tuple[int, Any]] = {}  # method -> (setup id, ObjectRef of args)
-        self._blobs: dict[str, Any] = {}  # path -> ObjectRef of its bytes, sent when asked
+        self.blobs: dict[str, Any] = {}  # path -> ObjectRef of its bytes, sent when asked
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self.dead:
@@ -406,13 +409,13 @@ class RayWorker:
         if method in STATE_CALLS:
             sid = next(self.executor.ids)
             payload = ray.put(args)  # kept for a replay; passed on its own, Ray resolves it
-        setup = [(s, m, ref) for m, (s, ref) in self._state.items() if m != method]
+        setup = [c for c in self.setup_calls() if c[1] != method]
         limit = timeout_s or self.executor.timeout_s
         while True:
             status, value, node = self._send(method, payload, sid, setup, limit)
             if status != "missing":
                 break
-            self._blobs[value] = self.executor.blob(value)  # the node asked for this file
+            self.blobs[value] = self.executor.blob(value)  # the node asked for this file
         self._node = node
         self.executor.ledger.append((self.name, method, node))
         if status == "ok":
@@ -440,11 +443,9 @@ class RayWorker:
         try:
             if self._measuring:
                 actor = self.executor.measurer(self._node)
-                reply = actor.call.remote(
-                    self.name, method, payload, sid, setup, self._blobs, limit
-                )
+                reply = actor.call.remote(self.name, method, payload, sid, setup, self.blobs, limit)
                 return ray.get(reply, timeout=limit + MEASURE_GRACE_S)
-            reply = self._ensure_actor().call.remote(method, payload, sid, setup, self._blobs)
+            reply = self._ensure_actor().call.remote(method, payload, sid, setup, self.blobs)
             return ray.get(reply, timeout=limit)
         except ray.exceptions.GetTimeoutError:
             self.executor.check_cluster()
@@ -685,7 +686,7 @@ class RayExecutor:
             w.to_measuring()
         blobs: dict[str, Any] = {}
         for w in workers:
-            blobs.update(w._blobs)
+            blobs.update(w.blobs)
         items = [(w.name, w.setup_calls()) for w in workers]
         try:
             failed = ray.get(self.measurer(None).setup.remote(items, blobs), timeout=self.timeout_s)

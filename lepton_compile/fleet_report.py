@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lepton_compile.markdown import table as markdown_table
 from lepton_compile.outdir import write_text
 from lepton_compile.report_html import STYLE, _bytes, _energy_unit, _linear_ticks, _ratio_txt
 from lepton_compile.serving_report import PALETTE, _finite, _sig, _tick_label, _y_ticks
@@ -174,12 +175,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
         f"- objective: **{summary.get('objective', '?')}**; executor: {summary.get('executor')}",
         f"- energy saved: **{saved_text(summary)}**",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---" for _ in HEADERS) + "|",
+        *markdown_table(HEADERS, rows(summary)),
+        "",
+        METHOD_NOTE,
+        "",
     ]
-    for r in rows(summary):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
-    lines += ["", METHOD_NOTE, ""]
     return "\n".join(lines)
 
 

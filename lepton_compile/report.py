@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lepton_compile import __version__, serving_report
+from lepton_compile.markdown import table as markdown_table
 from lepton_compile.serving import points_to_dict
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def _device(providers: list[str], at_start: dict[str, Any] | None) -> dict[str, 
     return rec
 
 
-def _device_line(dev: dict[str, Any]) -> str:
+def device_line(dev: dict[str, Any]) -> str:
     gpus = dev.get("gpus") or []
     if gpus:
         return ", ".join(str(g.get("name", "?")) for g in gpus)
@@ -243,16 +244,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"- model sha256 `{m['sha256'][:16]}…`, opset {m['opset']}, "
         + ", ".join(f"`{i['name']}` {i['dtype']}{i['shape']}" for i in m["inputs"]),
-        f"- device: {_device_line(dev)} (record `{dev.get('key', '?')}`); meter: "
+        f"- device: {device_line(dev)} (record `{dev.get('key', '?')}`); meter: "
         f"{meter.get('summary') or meter.get('name', '?')}",
         f"- objective: **{report['objective']}**; best: **{report['best']['id']}** — "
         f"{report['best']['reason']}",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---" for _ in HEADERS) + "|",
+        *markdown_table(HEADERS, rows(report)),
     ]
-    for r in rows(report):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     lines += serving_report.markdown(report)  # the batch table, when batch sizes were profiled
     kernels = [
         f"- `{v['id']}`: {v['session']['kernel_summary']}"

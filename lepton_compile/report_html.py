@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_compile import serving_report
-from lepton_compile.report import HEADERS, _device_line, compression_records, rows
+from lepton_compile.report import HEADERS, compression_records, device_line, rows
 from lepton_compile.serving_report import PALETTE, _finite, _pm, _sig, _tick_label, _y_ticks
 
 FRONTIER = PALETTE[1]  # red: on the Pareto frontier (as in earlier reports)
@@ -484,6 +484,17 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _ci_bar(axis: str, a: tuple[float, float], b: tuple[float, float], color: str) -> str:
+    """A 95% interval from ``a`` to ``b`` along one axis, with a cap across it at each end."""
+    line = '<line class="{}" x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="{}"/>'
+    across = (0.0, 3.0) if axis == "ci-x" else (3.0, 0.0)  # the caps are perpendicular
+    out = [line.format(f"ci {axis}", *a, *b, color)]
+    for px, py in (a, b):
+        dx, dy = across
+        out.append(line.format("cap", px - dx, py - dy, px + dx, py + dy, color))
+    return "".join(out)
+
+
 def _point_svg(
     report: dict[str, Any], p: _Point, ax: _Axis, ay: _Axis, unit: str, best_id: Any
 ) -> str:
@@ -498,24 +509,10 @@ def _point_svg(
     ]
     if p.lat_ci > 0:
         xa, xb = ax.pos(p.lat - p.lat_ci), ax.pos(p.lat + p.lat_ci)
-        parts.append(
-            f'<line class="ci ci-x" x1="{xa:.1f}" y1="{y:.1f}" x2="{xb:.1f}" y2="{y:.1f}" '
-            f'stroke="{color}"/>'
-            f'<line class="cap" x1="{xa:.1f}" y1="{y - 3:.1f}" x2="{xa:.1f}" y2="{y + 3:.1f}" '
-            f'stroke="{color}"/>'
-            f'<line class="cap" x1="{xb:.1f}" y1="{y - 3:.1f}" x2="{xb:.1f}" y2="{y + 3:.1f}" '
-            f'stroke="{color}"/>'
-        )
+        parts.append(_ci_bar("ci-x", (xa, y), (xb, y), color))
     if p.en_ci > 0:
         ya, yb = ay.pos(p.en - p.en_ci), ay.pos(p.en + p.en_ci)
-        parts.append(
-            f'<line class="ci ci-y" x1="{x:.1f}" y1="{ya:.1f}" x2="{x:.1f}" y2="{yb:.1f}" '
-            f'stroke="{color}"/>'
-            f'<line class="cap" x1="{x - 3:.1f}" y1="{ya:.1f}" x2="{x + 3:.1f}" y2="{ya:.1f}" '
-            f'stroke="{color}"/>'
-            f'<line class="cap" x1="{x - 3:.1f}" y1="{yb:.1f}" x2="{x + 3:.1f}" y2="{yb:.1f}" '
-            f'stroke="{color}"/>'
-        )
+        parts.append(_ci_bar("ci-y", (x, ya), (x, yb), color))
     fill = "#fff" if hollow else color
     parts.append(
         f'<circle class="marker" cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{fill}" '
@@ -887,7 +884,7 @@ def _device(report: dict[str, Any]) -> str:
     if not dev:
         return ""
     cpu, osr, py = _d(dev.get("cpu")), _d(dev.get("os")), _d(dev.get("python"))
-    items: list[tuple[str, str]] = [("device", _device_line(dev))]
+    items: list[tuple[str, str]] = [("device", device_line(dev))]
     if dev.get("key"):
         items.append(("record key", f"{dev['key']} (figures compare only under one key)"))
     if cpu:

@@ -14,6 +14,8 @@ import html as _html
 import math
 from typing import Any
 
+from lepton_compile.markdown import table as markdown_table
+
 # Series colours, cycled (colour-blind friendly first).
 PALETTE = (
     "#1f77b4",
@@ -160,12 +162,13 @@ def markdown(report: dict[str, Any]) -> list[str]:
         head = ["variant"]
         for b in batches:
             head += [f"b={b} mJ/inf", f"b={b} p99 ms", f"b={b} inf/s"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        body = []
         for vid, pts in points:
             row = [f"`{vid}`"]
             for b in batches:
                 row += _markdown_cells(pts.get(b), pick == (vid, b))
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+            body.append(row)
+        lines += markdown_table(head, body)
     rec = serving.get("recommendation")
     if isinstance(rec, dict) and rec.get("text"):
         lines += ["", f"**Serving recommendation:** {rec['text']}"]

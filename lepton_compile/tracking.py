@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from lepton_compile.errors import InputError, LeptonError
 from lepton_compile.options import DEFAULT_EXPERIMENT
 from lepton_compile.passes.errors import one_line
+from lepton_compile.report import device_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -434,7 +435,7 @@ def _tags(report: dict[str, Any]) -> dict[str, str]:
     rec = (report.get("serving") or {}).get("recommendation") or {}
     raw: dict[str, Any] = {
         "lepton.meter": meter or (best.get("energy_j") or {}).get("method"),
-        "lepton.device": _device_line(report.get("device") or {}),
+        "lepton.device": device_line(report.get("device") or {}),
         "lepton.device_key": (report.get("device") or {}).get("key"),
         "lepton.best_variant": best_id,
         "lepton.best_backend": best.get("backend"),
@@ -450,14 +451,6 @@ def _tags(report: dict[str, Any]) -> dict[str, str]:
         raw[f"{prefix}.status"] = v.get("status")
         raw[f"{prefix}.energy_method"] = (v.get("energy_j") or {}).get("method")
     return {_key(k): _text(x, MAX_TAG_CHARS) for k, x in raw.items() if x is not None and x != ""}
-
-
-def _device_line(dev: dict[str, Any]) -> str:
-    gpus = dev.get("gpus") or []
-    if gpus:
-        return ", ".join(str(g.get("name", "?")) for g in gpus)
-    cpu = dev.get("cpu") or {}
-    return f"{cpu.get('model', '?')} ({cpu.get('threads_available', '?')} threads)"
 
 
 def _flatten(d: Any, prefix: str) -> dict[str, Any]:

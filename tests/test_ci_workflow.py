@@ -346,6 +346,21 @@ class WorkflowRun:
     context: dict[str, str]
 
 
+def run_script(
+    script: Path, text: str, workspace: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """Run ``text`` as a CI runner runs a step's script: bash, fail on the first error."""
+    script.write_text(text)
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def run_workflow(
     workspace: Path, event: str, overrides: dict[str, str], base_ref: str = "main"
 ) -> WorkflowRun:
@@ -399,16 +414,7 @@ def run_workflow(
         env["GITHUB_STEP_SUMMARY"] = str(files / "summary")
         (files / "output").write_text("")
         (files / "summary").write_text("")
-        script = files / "script.sh"
-        script.write_text(step["run"])
-        proc = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-            cwd=workspace,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = run_script(files / "script.sh", step["run"], workspace, env)
         outcome = "success" if proc.returncode == 0 else "failure"
         if outcome == "failure" and not step.get("continue-on-error"):
             failed = True
@@ -610,15 +616,7 @@ def run_gitlab(
     )
     env.pop("LEPTON_API_TOKEN", None)
     script = workspace.parent / "gitlab-script.sh"
-    script.write_text("\n".join(job["script"]))
-    return subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-        cwd=workspace,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_script(script, "\n".join(job["script"]), workspace, env)
 
 
 @pytest.mark.slow
